@@ -1,0 +1,134 @@
+"""A hand-written delivery DAG with the same operators as the factory's web-service DAG.
+
+This is the baseline of ``parse_time.py``: what a team would write by hand for one
+service (a function called once per service), with no catalog, no validation and
+no plan. It is never loaded by Airflow itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator
+from airflow.sdk import DAG, Param, TaskGroup
+from kubernetes.client import models as k8s
+
+from delivery.notifications import slack_failure_notifier
+from delivery.operators.argocd import ArgoCDSyncOperator
+from delivery.operators.health import HealthCheckSensor
+from delivery.operators.sonarqube import SonarQualityGateOperator
+from delivery.operators.verify import VerifyReleaseOperator
+
+SHA = "{{ ti.xcom_pull(task_ids='validate.checkout')['sha'] }}"
+
+
+def _noop(**_: Any) -> None:
+    return None
+
+
+def _pod(name: str, service: str, image: str, command: str, **extra: Any) -> KubernetesPodOperator:
+    mount = k8s.V1VolumeMount(name="workspace", mount_path="/workspace", sub_path_expr="$(DELIVERY_RUN_KEY)")
+    return KubernetesPodOperator(
+        task_id=name,
+        namespace="visiobook-ci",
+        name=f"{service}-{name}",
+        image=image,
+        cmds=["/bin/sh", "-ec"],
+        arguments=[f"cd /workspace/src\n{command}"],
+        env_vars={"DELIVERY_SHA": SHA, "DELIVERY_SERVICE": service, "DELIVERY_RUN_KEY": service + "/{{ run_id }}"},
+        labels={"delivery.visiobook.io/service": service, "delivery.visiobook.io/commit": SHA},
+        container_resources=k8s.V1ResourceRequirements(requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "1Gi"}),
+        volumes=[k8s.V1Volume(name="workspace", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name="delivery-workspaces"))],
+        volume_mounts=[mount],
+        init_containers=[
+            k8s.V1Container(
+                name="checkout",
+                image="alpine/git:2.47.2",
+                command=["/bin/sh", "-c", "git fetch && git checkout"],
+                env=[k8s.V1EnvVar(name="DELIVERY_SHA", value=SHA)],
+                volume_mounts=[mount],
+            )
+        ],
+        service_account_name="delivery-runner",
+        deferrable=True,
+        on_finish_action="delete_succeeded_pod",
+        execution_timeout=timedelta(minutes=20),
+        **extra,
+    )
+
+
+def build(service: str) -> DAG:
+    with DAG(
+        dag_id="hand_" + service.replace("-", "_"),
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        tags=["delivery"],
+        params={"ref": Param("main", type="string"), "pipeline": Param("full", type="string", enum=["full", "ci"])},
+        default_args={"on_failure_callback": [slack_failure_notifier(slack_conn_id="slack_delivery")]},
+    ) as dag:
+        with TaskGroup("validate"):
+            checkout = PythonOperator(task_id="checkout", python_callable=_noop)
+            lint = _pod("lint", service, "node:20", "npx eslint .")
+            helm = _pod("helm_validate", service, "alpine/helm", "helm lint helm")
+            scan = _pod("quality_scan", service, "sonar", "sonar-scanner")
+            gate = SonarQualityGateOperator(task_id="quality_gate", project_key=service)
+            security = [_pod(n, service, "node:20", "npm audit") for n in ("dependency_audit", "sast", "dast")]
+            checkout >> [lint, helm]
+            lint >> scan >> gate >> security
+        with TaskGroup("build_and_test"):
+            build_t = _pod("build", service, "node:20", "npm run build")
+            unit = _pod("unit_tests", service, "node:20", "npm test")
+            integ = _pod("integration_tests", service, "node:20", "npm run test:integration")
+            cov = _pod("coverage", service, "node:20", "npx nyc report")
+            release = ShortCircuitOperator(task_id="release_gate", python_callable=lambda: True)
+            [*security, helm] >> build_t >> unit >> integ >> cov >> release
+        with TaskGroup("image"):
+            img = _pod("build", service, "kaniko", "executor")
+            iscan = _pod("scan", service, "trivy", "trivy image")
+            push = _pod("push", service, "crane", "crane tag")
+            release >> img >> iscan >> push
+        last = push
+        for env in ("staging", "production"):
+            with TaskGroup(f"deploy_{env}"):
+                commit = PythonOperator(task_id="gitops_commit", python_callable=_noop)
+                sync = ArgoCDSyncOperator(task_id="sync", app_name=f"{service}-{env}", revision="{{ ti.xcom_pull(task_ids='x') }}")
+                health = HealthCheckSensor(task_id="health_check", url=f"https://{service}.{env}.example/health", mode="reschedule")
+                last >> commit >> sync >> health
+            if env == "staging":
+                with TaskGroup("integration"):
+                    tests = _pod("staging_tests", service, "node:20", "npm run test:e2e")
+                with TaskGroup("approval"):
+                    approve = ApprovalOperator(
+                        task_id="approve_production",
+                        subject="Deploy?",
+                        assigned_users=[{"id": "alice", "name": "alice"}],
+                        response_timeout=timedelta(hours=24),
+                        defaults=["Reject"],
+                    )
+                health >> tests >> approve
+                last = approve
+            else:
+                prod = [commit, sync, health]
+        with TaskGroup("verify_production"):
+            verify = VerifyReleaseOperator(
+                task_id="verify",
+                service=service,
+                verify={"checks": [{"name": "error_rate", "query": "up", "max": 1}]},
+            )
+            record = PythonOperator(task_id="record", python_callable=_noop)
+            health >> verify >> record
+        with TaskGroup("rollback"):
+            plan = PythonOperator(task_id="plan", python_callable=_noop, trigger_rule="one_failed")
+            revert = PythonOperator(task_id="revert", python_callable=_noop)
+            rsync = ArgoCDSyncOperator(task_id="sync", app_name=f"{service}-production", revision="x")
+            rhealth = HealthCheckSensor(task_id="health_check", url="https://x.example/health")
+            [*prod, verify] >> plan >> revert >> rsync >> rhealth
+        with TaskGroup("notify"):
+            summary = PythonOperator(task_id="summary", python_callable=_noop, trigger_rule="all_done")
+            outcome = PythonOperator(task_id="outcome", python_callable=_noop, trigger_rule="all_done")
+            [record, rhealth] >> summary >> outcome
+    return dag

@@ -1,0 +1,53 @@
+"""What every runner passes to a stage: the environment contract of stage commands.
+
+Values are Jinja templates rendered by Airflow at run time, reading the commit
+resolved by ``validate.checkout`` from XCom, so that every stage of a run
+works on the same commit even when the trigger named a branch.
+"""
+
+from __future__ import annotations
+
+from delivery.catalog.models import Platform, Service
+from delivery.catalog.toolchains import TEST_DATABASE_URL, ResolvedStage
+
+CHECKOUT_TASK = "validate.checkout"
+
+
+def _commit(key: str) -> str:
+    return "{{ ti.xcom_pull(task_ids='" + CHECKOUT_TASK + "')['" + key + "'] }}"
+
+
+COMMIT_SHA = _commit("sha")
+RUN_KEY = "{{ run_id | replace(':', '-') | replace('+', '-') }}"
+
+
+def stage_env(
+    *, service: Service, platform: Platform, stage: ResolvedStage, workspace: str, registry: str
+) -> dict[str, str]:
+    """The env vars a stage command can rely on (see :mod:`delivery.catalog.toolchains`)."""
+    env = {
+        "DELIVERY_SERVICE": service.name,
+        "DELIVERY_STAGE": stage.name,
+        "DELIVERY_SHA": COMMIT_SHA,
+        "DELIVERY_REF": _commit("ref"),
+        "DELIVERY_BRANCH": _commit("branch"),
+        "DELIVERY_RUN_ID": "{{ run_id }}",
+        "DELIVERY_WORKSPACE": workspace,
+        "DELIVERY_REPO_URL": service.repo.url,
+        "IMAGE": f"{registry}/{service.image.repository}",
+        "IMAGE_TAGS": "{{ ti.xcom_pull(task_ids='" + CHECKOUT_TASK + "')['image_tags'] | join(' ') }}",
+        "IMAGE_CONTEXT": service.image.context,
+        "IMAGE_DOCKERFILE": service.image.dockerfile,
+        "MIN_COVERAGE": f"{service.min_coverage:g}",
+        "STAGING_URL": service.environments.staging.url,
+        "DAST_TARGET_URL": "http://127.0.0.1:8080",
+    }
+    if service.sonar_project_key:
+        env["SONAR_PROJECT_KEY"] = service.sonar_project_key
+    if any(s.name == "test-db" for s in stage.services):
+        env["DATABASE_URL"] = TEST_DATABASE_URL
+    if service.gpu is not None:
+        env["GPU_MODEL"] = service.gpu.model
+        env["GPU_BATCH_SIZES"] = ",".join(str(b) for b in service.gpu.batch_sizes)
+    env.update(stage.env)
+    return env

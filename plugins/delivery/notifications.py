@@ -50,6 +50,10 @@ class SafeNotifier(BaseNotifier):
                 self.inner(context)
                 return True
             except Exception as exc:
+                if "isn't defined" in str(exc):  # AirflowNotFoundException: retrying cannot help
+                    log.warning("Notification through %s skipped: %s", name, exc)
+                    _record_failure(context, f"{name}: {exc}")
+                    return False
                 if attempt == self.attempts:
                     log.error(
                         "Notification through %s failed after %d attempts; the pipeline's result is unchanged: %s",

@@ -487,7 +487,9 @@ def local_image_scan(*, service_name: str, **context: Any) -> dict[str, Any]:
     config = image.attrs.get("Config") or {}
     problems = []
     if (image.labels or {}).get(REVISION_LABEL) != src["sha"]:
-        problems.append(f"label {REVISION_LABEL} is {image.labels.get(REVISION_LABEL)!r}, expected {src['sha']}")
+        problems.append(
+            f"label {REVISION_LABEL} is {image.labels.get(REVISION_LABEL)!r}, expected {src['sha']}"
+        )
     for item in config.get("Env") or []:
         name, _, value = item.partition("=")
         if SECRET_NAME_RE.search(name) and value:
@@ -532,9 +534,11 @@ def local_sync(*, service_name: str, environment: str, commit_task: str, **conte
     commit = context["ti"].xcom_pull(task_ids=commit_task)
     repo = gitops_repo()
     values = repo.read_values(values_path=env.values_path, revision=commit["revision"])
-    repository, tag = read_image(values, where=env.values_path)
+    tag, repository = read_image(values, where=env.values_path)
     if not repository or not tag:
-        raise PipelineError(f"{env.values_path} at {commit['revision'][:12]} has no image.repository/image.tag")
+        raise PipelineError(
+            f"{env.values_path} at {commit['revision'][:12]} has no image.repository/image.tag"
+        )
     image = f"{repository}:{tag}"
     log.info("Applying %s %s: %s (GitOps revision %s)", svc.name, environment, image, commit["revision"][:12])
     try:
@@ -548,4 +552,9 @@ def local_sync(*, service_name: str, environment: str, commit_task: str, **conte
         )
     except ReleaseHealthError as exc:
         raise PipelineError(f"{svc.name} {environment}: {exc}") from exc
-    return {"image": image, "revision": commit["revision"], "url": f"http://127.0.0.1:{env.local_port}", "health": dict(info.health or {})}
+    return {
+        "image": image,
+        "revision": commit["revision"],
+        "url": f"http://127.0.0.1:{env.local_port}",
+        "health": dict(info.health or {}),
+    }

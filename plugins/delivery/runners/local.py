@@ -30,6 +30,7 @@ import shlex
 import sys
 from typing import Any
 
+from delivery.catalog.loader import catalog_dir
 from delivery.catalog.models import Platform, Service, Stage
 from delivery.catalog.toolchains import ResolvedStage
 from delivery.paths import PROJECT_ROOT, project_path
@@ -68,10 +69,14 @@ def local_stage_operator(
     )
     env.update(
         {
-            "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"]),
+            "PATH": os.pathsep.join(
+                [os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            ),
             "HOME": workspace,
             "LANG": "C.UTF-8",
             "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
+            "DELIVERY_CATALOG_DIR": str(catalog_dir()),
+            "DELIVERY_PROFILE": "local",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
     )

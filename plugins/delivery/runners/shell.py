@@ -86,8 +86,17 @@ def _free_port() -> int:
 def test_database() -> Iterator[str]:
     """A throwaway PostgreSQL cluster from the host's binaries; yields its URL."""
     bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    initdb = shutil.which("initdb") or next(
-        (str(d / "initdb") for d in bindirs if (d / "initdb").exists()), None
+    candidates = [d / "initdb" for d in bindirs]
+    on_path = shutil.which("initdb")
+    if on_path:
+        candidates.append(Path(on_path).resolve())
+    initdb = next(
+        (
+            str(c)
+            for c in candidates
+            if all((c.parent / tool).exists() for tool in ("initdb", "pg_ctl", "createdb"))
+        ),
+        None,
     )
     if initdb is None:
         raise SystemExit(

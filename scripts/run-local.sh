@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# `make run` / `make stop`: the whole pipeline on one machine (the local profile).
+#   start: venv, Docker engine, registry, base images, demo git repos, GitOps repo, Airflow standalone
+#   stop:  Airflow, demo containers, registry, and the Docker engine if this script started it
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+STATE="${DELIVERY_STATE_DIR:-$ROOT/.local}"
+PORT="${AIRFLOW_PORT:-8080}"
+PY="$ROOT/.venv/bin/python"
+export DELIVERY_STATE_DIR="$STATE" PYTHONPATH="$ROOT/plugins"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+install_debian_packages() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  [ -x /bin/busybox ] || missing+=(busybox-static)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v git >/dev/null || missing+=(git)
+  command -v curl >/dev/null || missing+=(curl)
+  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      step "Installing Debian packages: ${missing[*]}"
+      DEBIAN_FRONTEND=noninteractive apt-get update -q
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    else
+      echo "Missing: ${missing[*]}. Install them (as root on Debian: apt-get install ${missing[*]}) and rerun." >&2
+      exit 1
+    fi
+  fi
+}
+
+start() {
+  install_debian_packages
+  step "Python environment (.venv)"
+  make -C "$ROOT" --no-print-directory install
+  step "Docker engine"
+  bash "$ROOT/scripts/local/docker-engine.sh" start
+  step "Image registry on 127.0.0.1:5000"
+  bash "$ROOT/scripts/local/registry.sh" start
+  step "Base images (built locally, nothing is pulled)"
+  bash "$ROOT/scripts/local/base-images.sh" all
+  step "Demo service repos and the GitOps repo"
+  "$PY" -m delivery.local.demo setup --state "$STATE"
+  step "Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:$PORT"
+  info="$("$PY" -m delivery.local.airflow_server start --home "$STATE/airflow" --port "$PORT" --catalog "$ROOT/include/catalog-local")"
+  "$PY" - "$info" "$STATE" <<'PYEOF'
+import json, sys
+info, state = json.loads(sys.argv[1]), sys.argv[2]
+users = info["users"]
+print(f"""
+Airflow is up: {info['url']}
+  admin        password {users['admin']}
+  alice, bob   approvers of visiobook-demo-web   ({users['alice']} / {users['bob']})
+  erin, frank  approvers of visiobook-inference  ({users['erin']} / {users['frank']})
+  (all passwords: {state}/airflow/passwords.json)
+
+What to click:
+  1. Open {info['url']} and log in as admin.
+  2. Dags -> deliver_visiobook_demo_web -> Trigger (ref: main) -> watch validate, build, image, staging.
+  3. At approval.approve_production, log in as alice (or bob) and answer under "Required actions".
+  4. Production serves the new version at http://127.0.0.1:18091/ (staging: http://127.0.0.1:18081/).
+
+Make a change and ship it:
+  cd {state}/src/visiobook-demo-web && edit VERSION && git commit -am "bump" && git push
+  then trigger the DAG again (or with sha = the new commit).
+
+Stop everything: make stop
+""")
+PYEOF
+}
+
+stop() {
+  step "Airflow"
+  if [ -x "$PY" ]; then "$PY" -m delivery.local.airflow_server stop --home "$STATE/airflow" || true; fi
+  step "Demo containers"
+  if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    ids="$(docker ps -aq --filter label=io.visiobook.managed-by=delivery)"
+    [ -z "$ids" ] || docker rm -f $ids >/dev/null
+  fi
+  step "Registry"
+  bash "$ROOT/scripts/local/registry.sh" stop || true
+  step "Docker engine (only if started by make run)"
+  bash "$ROOT/scripts/local/docker-engine.sh" stop || true
+}
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -103,6 +103,7 @@ class DagFactory:
             StepKind.GITOPS_COMMIT: self._python("gitops_commit", environment=True),
             StepKind.SYNC: self._sync,
             StepKind.HEALTH_CHECK: self._health_check,
+            StepKind.GPU_HEALTH: self._gpu_health,
             StepKind.APPROVAL: self._approval,
             StepKind.VERIFY: self._verify,
             StepKind.RECORD: self._python("record_verification"),
@@ -281,6 +282,23 @@ class DagFactory:
             url=url,
             timeout=env.health_timeout.total_seconds(),
             poke_interval=5 if self.profile is Profile.LOCAL else 15,
+        )
+
+    def _gpu_health(self, step: Step, service: Service, _: dict[StepKind | str, Any]) -> Any:
+        from delivery.operators.gpu_health import GpuServiceHealthOperator
+
+        assert service.gpu is not None
+        env = self._env(service, step)
+        url = env.url
+        if self.profile is Profile.LOCAL and env.local_port:
+            url = f"http://127.0.0.1:{env.local_port}"
+        return GpuServiceHealthOperator(
+            task_id=step.name,
+            url=url,
+            require_gpu=service.gpu.required and not service.gpu.allow_cpu_fallback,
+            on_missing_gpu=service.gpu.on_missing_gpu,
+            latency_budget_ms=service.gpu.inference_latency_budget_ms,
+            samples=20,
         )
 
     def _approval(self, step: Step, service: Service, _: dict[StepKind | str, Any]) -> Any:

@@ -36,6 +36,7 @@ class StepKind(StrEnum):
     GITOPS_COMMIT = "gitops_commit"  # set the image tag in the env's values
     SYNC = "sync"  # apply the desired state (Argo CD or docker target)
     HEALTH_CHECK = "health_check"
+    GPU_HEALTH = "gpu_health"  # GPU available, model loaded, inference latency within budget
     APPROVAL = "approval"  # HITL approval
     VERIFY = "verify"  # PromQL analysis of production
     RECORD = "record"  # mark the verified release stable in the GitOps history
@@ -161,12 +162,15 @@ class _Builder:
         return [self.add(Step(group, name, StepKind.STAGE, tuple(upstream), stage=stage))]
 
 
-def _deploy(b: _Builder, group: str, environment: str, upstream: list[str]) -> list[str]:
+def _deploy(b: _Builder, group: str, environment: str, upstream: list[str], *, gpu: bool) -> list[str]:
     commit = b.add(
         Step(group, "gitops_commit", StepKind.GITOPS_COMMIT, tuple(upstream), environment=environment)
     )
     sync = b.add(Step(group, "sync", StepKind.SYNC, (commit,), environment=environment))
-    return [b.add(Step(group, "health_check", StepKind.HEALTH_CHECK, (sync,), environment=environment))]
+    health = b.add(Step(group, "health_check", StepKind.HEALTH_CHECK, (sync,), environment=environment))
+    if gpu:  # flow 4: GPU availability, model loading, inference endpoint, before monitoring starts
+        return [b.add(Step(group, "gpu_health", StepKind.GPU_HEALTH, (health,), environment=environment))]
+    return [health]
 
 
 def build_plan(service: Service) -> Plan:
@@ -209,10 +213,10 @@ def build_plan(service: Service) -> Plan:
             ready = [b.add(Step(GPU_TESTS, "budget_gate", StepKind.GPU_GATE, tuple(ready)))]
 
     # Flows 1 and 3: staging, integration tests against staging, approval, production.
-    staged = _deploy(b, DEPLOY_STAGING, "staging", ready)
+    staged = _deploy(b, DEPLOY_STAGING, "staging", ready, gpu=service.needs_gpu)
     integrated = b.stage(Stage.STAGING_TESTS, staged, stages)
     approved = [b.add(Step(APPROVAL, "approve_production", StepKind.APPROVAL, tuple(integrated)))]
-    production = _deploy(b, DEPLOY_PRODUCTION, "production", approved)
+    production = _deploy(b, DEPLOY_PRODUCTION, "production", approved, gpu=service.needs_gpu)
     deploy_ids = [s.task_id for s in b.steps if s.group == DEPLOY_PRODUCTION]
     verify = b.add(
         Step(VERIFY_PRODUCTION, "verify", StepKind.VERIFY, tuple(production), environment="production")

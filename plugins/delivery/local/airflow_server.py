@@ -239,7 +239,7 @@ class AirflowServer:
     def trigger(
         self, dag_id: str, *, conf: Mapping[str, Any], run_id: str | None = None, user: str = "admin"
     ) -> str:
-        body = {"logical_date": None, "conf": dict(conf)}
+        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf)}
         if run_id:
             body["dag_run_id"] = run_id
         return str(self.api("POST", f"/dags/{dag_id}/dagRuns", json=body, user=user)["dag_run_id"])

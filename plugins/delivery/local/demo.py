@@ -98,7 +98,7 @@ def make_gitops_repo(*, state: Path, services: tuple[str, ...] = DEMO_SERVICES) 
 def setup(*, state: Path) -> dict[str, str]:
     paths = {}
     for name in DEMO_SERVICES:
-        bare, work = make_service_repo(name, state=state)
+        _bare, work = make_service_repo(name, state=state)
         paths[name] = str(work)
     paths["gitops"] = str(make_gitops_repo(state=state))
     return paths

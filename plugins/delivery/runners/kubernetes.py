@@ -208,6 +208,15 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
         "do_xcom_push": stage.stage.value == "gpu_benchmark",
         "container_security_context": k8s.V1SecurityContext(allow_privilege_escalation=False),
     }
+    if stage.stage.value == "gpu_benchmark":
+        # The service image does not contain the harness: it comes from the delivery-gpu-harness
+        # ConfigMap (`python -m delivery.gpu.configmap | kubectl apply -f -`).
+        from delivery.gpu.configmap import harness_env, harness_volume
+
+        harness_vol, harness_mount = harness_volume()
+        kwargs["volumes"].append(harness_vol)
+        kwargs["volume_mounts"].append(harness_mount)
+        kwargs["env_vars"].update(harness_env())
     if stage.gpu:
         kwargs.update(gpu_scheduling(service, platform))
         shm = service.gpu.shm_size if service.gpu else "1Gi"
@@ -235,7 +244,9 @@ def pod_operator(
     from delivery.operators.stage_pod import StagePodOperator
 
     return StagePodOperator(
-        **pod_operator_kwargs(service=service, platform=platform, stage=stage), **operator_kwargs
+        **pod_operator_kwargs(service=service, platform=platform, stage=stage),
+        avoid_previous_nodes=stage.gpu,  # a retry reschedules on a different GPU node (seed flow 4)
+        **operator_kwargs,
     )
 
 

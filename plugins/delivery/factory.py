@@ -50,7 +50,7 @@ def run_task(task: str, **kwargs: Any) -> Any:
     return getattr(module, task)(**kwargs)
 
 
-def pipeline_params(service: Service) -> dict[str, Param]:
+def pipeline_params(service: Service, *, pipeline: str = "full") -> dict[str, Param]:
     """The trigger form. Git events send the same keys as ``conf``."""
     return {
         "ref": Param(
@@ -61,7 +61,7 @@ def pipeline_params(service: Service) -> dict[str, Param]:
         ),
         "sha": Param("", type="string", title="Commit sha", description="Optional: pins the exact commit."),
         "pipeline": Param(
-            "full",
+            pipeline,
             type="string",
             enum=["full", "ci"],
             title="Pipeline",
@@ -127,6 +127,13 @@ class DagFactory:
                 )
                 continue
             dags[dag.dag_id] = dag
+            if service.schedule:
+                try:
+                    nightly = self.build(service, dag_id=service.nightly_dag_id, schedule=service.schedule)
+                except Exception:
+                    log.exception("Could not build the nightly DAG of service %r", name)
+                    continue
+                dags[nightly.dag_id] = nightly
         return dags
 
     def build(self, service: Service, *, dag_id: str | None = None, schedule: str | None = None) -> DAG:
@@ -157,8 +164,14 @@ class DagFactory:
             start_date=datetime(2026, 1, 1),
             catchup=False,
             max_active_runs=3,
-            tags=["delivery", f"profile:{self.profile.value}", f"service:{service.name}", service.kind.value],
-            params=pipeline_params(service),
+            tags=[
+                "delivery",
+                f"profile:{self.profile.value}",
+                f"service:{service.name}",
+                service.kind.value,
+                *(["nightly"] if schedule else []),
+            ],
+            params=pipeline_params(service, pipeline="ci" if schedule else "full"),
             doc_md=doc,
             default_args=default_args,
             render_template_as_native_obj=False,
@@ -172,6 +185,16 @@ class DagFactory:
         for step in plan.steps:
             with groups[step.group]:
                 task = self._builders[step.kind](step, service, {"stages": stages})
+            event = failure_event(step)
+            if event is not None and task.on_failure_callback is not None:
+                from delivery.alerts import PipelineEventNotifier
+
+                callbacks = task.on_failure_callback
+                callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+                task.on_failure_callback = [
+                    *callbacks,
+                    PipelineEventNotifier(event=event, service_name=service.name),
+                ]
             tasks[step.task_id] = task
             for upstream in step.upstream:
                 tasks[upstream] >> task
@@ -316,7 +339,13 @@ class DagFactory:
             assigned_users=[{"id": user, "name": user} for user in service.approvers],
             response_timeout=service.approval_timeout,
             defaults=["Reject"],
+            notifiers=[self._approval_notifier(service)],
         )
+
+    def _approval_notifier(self, service: Service) -> Any:
+        from delivery.alerts import PipelineEvent, PipelineEventNotifier
+
+        return PipelineEventNotifier(event=PipelineEvent.APPROVAL_REQUESTED, service_name=service.name)
 
     def _migration_gate(self, step: Step, service: Service, _: dict[StepKind | str, Any]) -> Any:
         from airflow.providers.standard.operators.hitl import HITLOperator
@@ -368,6 +397,19 @@ class DagFactory:
             trigger_rule=step.trigger_rule.value,
             on_failure_callback=None,
         )
+
+
+def failure_event(step: Step) -> str | None:
+    """The severity-routed event (seed flow 5) a failure of this step raises, if any."""
+    if step.group in ("deploy_production",):
+        return "production_deploy_failed"
+    if step.task_id == "verify_production.verify":
+        return "production_verification_failed"
+    if step.group in ("deploy_staging", "integration"):
+        return "staging_failed"
+    if step.group == "rollback":
+        return "rollback_failed"
+    return None
 
 
 def env_name(step: Step) -> str:

@@ -13,8 +13,11 @@ import os
 import re
 import subprocess
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from delivery.catalog import Catalog, Service, load_catalog
 from delivery.paths import git_url, project_path
@@ -98,11 +101,75 @@ def ls_remote(url: str, patterns: list[str]) -> dict[str, str]:
     return refs
 
 
-def resolve_source(*, service_name: str, params: dict[str, Any], **_: Any) -> dict[str, Any]:
-    """Resolve the run's git ref (or sha) to one commit, so that every stage builds the same code."""
+def head_at(*, url: str, branch: str, moment: datetime) -> str:
+    """The commit that was the head of ``branch`` at ``moment`` (committer date, first parents)."""
+    env = {
+        "GIT_TERMINAL_PROMPT": "0",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": tempfile.gettempdir(),
+    }
+    mirror = Path(tempfile.gettempdir()) / "delivery-mirrors" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    if (mirror / "HEAD").exists():
+        cmd = [
+            "git",
+            "-C",
+            str(mirror),
+            "fetch",
+            "--quiet",
+            "--prune",
+            "origin",
+            "+refs/heads/*:refs/heads/*",
+        ]
+    else:
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        cmd = ["git", "clone", "--quiet", "--mirror", url, str(mirror)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    if proc.returncode != 0:
+        raise PipelineError(f"cannot fetch {url}: {proc.stderr.strip()[:500]}")
+    proc = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(mirror),
+            "rev-list",
+            "-1",
+            "--first-parent",
+            f"--before={moment.isoformat()}",
+            f"refs/heads/{branch}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    sha = proc.stdout.strip()
+    if proc.returncode != 0 or not sha:
+        raise PipelineError(f"branch {branch!r} of {url} had no commit before {moment.isoformat()}")
+    return sha
+
+
+def resolve_source(*, service_name: str, params: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Resolve the run's git ref (or sha) to one commit, so that every stage builds the same code.
+
+    Scheduled and backfill runs (the nightly variant) build the commit that was the
+    head of the branch at the end of their data interval.
+    """
     svc = service(service_name)
     ref = (params.get("ref") or "").strip() or svc.repo.release_branch
     sha = (params.get("sha") or "").strip().lower()
+    dag_run = context.get("dag_run")
+    run_type = str(
+        getattr(getattr(dag_run, "run_type", None), "value", getattr(dag_run, "run_type", "")) or ""
+    )
+    interval_end = context.get("data_interval_end")
+    if not sha and run_type in ("scheduled", "backfill") and interval_end is not None:
+        branch_name = ref.removeprefix("refs/heads/")
+        sha = head_at(url=git_url(svc.repo.url), branch=branch_name, moment=interval_end)
+        ref = f"refs/heads/{branch_name}"
+        log.info(
+            "%s run for the interval ending %s: head of %s was %s", run_type, interval_end, branch_name, sha
+        )
     branch: str | None = None
     tag: str | None = None
     if ref.startswith("refs/heads/"):
@@ -360,7 +427,71 @@ def notify_summary(*, service_name: str, **context: Any) -> dict[str, Any]:
     }.get(outcome, ":warning:")
     text = f"{icon} *{svc.name}* {src.get('sha', '')[:12]} run `{context['run_id']}`: {sentence}."
     delivered = send_slack(slack_conn_id=catalog().platform.connections.slack, text=text, context=context)
-    return {"outcome": outcome, "message": sentence, "notified": delivered}
+    events = _severity_events(svc, states, outcome, context)
+    _record_metrics(svc, states, outcome, context)
+    return {"outcome": outcome, "message": sentence, "notified": delivered, "events": events}
+
+
+def _severity_events(
+    svc: Service, states: dict[str, str], outcome: str, context: dict[str, Any]
+) -> list[str]:
+    """End-of-run events of seed flow 5 (failures are sent by the failing tasks' callbacks)."""
+    from delivery.alerts import PipelineEvent, notify_event
+
+    events: list[PipelineEvent] = []
+    if outcome == "deployed":
+        events.append(PipelineEvent.DEPLOY_SUCCEEDED)
+    elif outcome == "rolled_back":
+        events.append(PipelineEvent.ROLLBACK_SUCCEEDED)  # also resolves the PagerDuty incident
+    elif outcome == "rejected" and _approval_timed_out(context):
+        events.append(PipelineEvent.APPROVAL_TIMED_OUT)
+    verdict = context["ti"].xcom_pull(task_ids="verify_production.verify")
+    if isinstance(verdict, dict) and verdict.get("decision") == "hold":
+        events.append(PipelineEvent.VERIFICATION_INCONCLUSIVE)
+    for event in events:
+        notify_event(event, service_name=svc.name, context=context, details={"outcome": outcome})
+    return [e.value for e in events]
+
+
+def _approval_timed_out(context: dict[str, Any]) -> bool:
+    result = context["ti"].xcom_pull(task_ids="approval.approve_production")
+    if not isinstance(result, dict):
+        return False
+    return not (result.get("responded_by") or result.get("responded_by_user"))
+
+
+def _record_metrics(svc: Service, states: dict[str, str], outcome: str, context: dict[str, Any]) -> None:
+    """Delivery metrics (count, result, duration, lead time); never raises."""
+    from delivery import metrics
+
+    dag_run = context.get("dag_run")
+    started = getattr(dag_run, "start_date", None)
+    now = datetime.now(tz=started.tzinfo) if started else None
+    duration = (now - started).total_seconds() if started and now else None
+    metrics.record_pipeline_run(
+        service=svc.name,
+        result="success" if outcome in ("deployed", "ci_passed") else "failed",
+        duration_s=duration,
+    )
+    for env in ("staging", "production"):
+        health = states.get(f"deploy_{env}.health_check")
+        if health in ("success", "failed") or states.get(f"deploy_{env}.sync") == "failed":
+            metrics.record_deploy(
+                service=svc.name, environment=env, result="success" if health == "success" else "failed"
+            )
+    if states.get("rollback.plan") == "success":
+        result = "success" if states.get("rollback.health_check") == "success" else "failed"
+        metrics.record_rollback(service=svc.name, environment="production", result=result)
+    approval = states.get("approval.approve_production")
+    if approval == "success":
+        if states.get("deploy_production.gitops_commit") not in (None, "skipped"):
+            metrics.record_approval(service=svc.name, result="approved")
+        else:
+            metrics.record_approval(
+                service=svc.name, result="timeout" if _approval_timed_out(context) else "rejected"
+            )
+    if outcome == "deployed" and started and now:
+        metrics.record_lead_time(service=svc.name, commit_time=started, deployed_at=now)
 
 
 def outcome(**context: Any) -> str:
@@ -540,6 +671,7 @@ def local_sync(*, service_name: str, environment: str, commit_task: str, **conte
             f"{env.values_path} at {commit['revision'][:12]} has no image.repository/image.tag"
         )
     image = f"{repository}:{tag}"
+    values_env = (yaml.safe_load(values) or {}).get("env") or {}
     log.info("Applying %s %s: %s (GitOps revision %s)", svc.name, environment, image, commit["revision"][:12])
     try:
         info = run_release(
@@ -547,6 +679,7 @@ def local_sync(*, service_name: str, environment: str, commit_task: str, **conte
             environment=environment,
             image=image,
             port=env.local_port,
+            env={str(k): str(v) for k, v in values_env.items()},
             health_path=env.health_path,
             timeout=env.health_timeout.total_seconds(),
         )

@@ -19,7 +19,9 @@ Configuration (environment)
     LOG_LEVEL          access log level (default INFO)
 
 A deliberately broken release for pipeline tests: commit a file named
-``BROKEN`` next to app.py (the Dockerfile copies it into the image), or run the
+``BROKEN`` next to app.py (the Dockerfile copies it into the image), a file
+``BROKEN_IN`` listing environment names (broken only where ``APP_ENVIRONMENT``
+is one of them), or run the
 container with ``DEMO_FAIL_HEALTH=1``. Either way /health answers 503 while the
 rest keeps working, so health gates and rollbacks have something real to catch.
 """
@@ -77,6 +79,11 @@ def broken_reason(root: Path = ROOT, environ: dict[str, str] | None = None) -> s
         return "DEMO_FAIL_HEALTH is set"
     if (root / "BROKEN").exists():
         return "release built with a BROKEN marker file"
+    broken_in = root / "BROKEN_IN"  # a release that only breaks in one environment (config drift)
+    if broken_in.exists():
+        environment = env.get("APP_ENVIRONMENT", "")
+        if environment and environment in broken_in.read_text(encoding="utf-8").split():
+            return f"release is broken in {environment} (BROKEN_IN marker file)"
     return None
 
 

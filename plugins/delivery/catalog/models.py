@@ -353,7 +353,10 @@ class LocalPlatform(StrictModel):
 class Connections(StrictModel):
     """Airflow connection ids. Secrets live in the connections, never in the catalog."""
 
-    slack: str = "slack_delivery"
+    slack: str = Field(default="slack_delivery", description="Incoming webhook: task failure messages.")
+    slack_api: str = Field(
+        default="slack_api", description="Slack Web API (bot token): severity-routed channels."
+    )
     pagerduty: str = "pagerduty_default"
     smtp: str = "smtp_default"
     argocd: str = "argocd_default"

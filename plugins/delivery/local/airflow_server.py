@@ -76,8 +76,11 @@ class AirflowServer:
     def environment(self) -> dict[str, str]:
         venv_bin = str(Path(sys.executable).parent)
         roles = ",".join(f"{name}:{'admin' if name == 'admin' else 'user'}" for name in self.users)
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
         env = {
-            **os.environ,
+            **inherited,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
             "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),

@@ -186,8 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 say(f"helper service {helper.name!r} has no local equivalent; only 'test-db' runs locally")
                 return 1
+        # stdin from /dev/null: bash treats a socket on stdin as a remote shell and would source bashrc
         proc = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", stage.command], cwd=workspace, env=env, check=False
+            ["bash", "-euo", "pipefail", "-c", stage.command],
+            cwd=workspace,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
     if proc.returncode != 0:
         say(f"{stage.name} failed with exit code {proc.returncode}")

@@ -112,7 +112,12 @@ class InProcessServerTest(unittest.TestCase):
         with self.assertRaises(urllib.error.HTTPError) as ctx:
             urllib.request.urlopen(request, timeout=5)
         self.assertEqual(ctx.exception.code, 405)
-        metrics = get(base + "/metrics")[1].decode()
+        # The server counts a request after answering it: poll briefly instead of racing it.
+        deadline = time.monotonic() + 5
+        metrics = ""
+        while 'code="405",path="/api/books"' not in metrics and time.monotonic() < deadline:
+            metrics = get(base + "/metrics")[1].decode()
+            time.sleep(0.05)
         self.assertIn('code="405",path="/api/books"', metrics)
 
 

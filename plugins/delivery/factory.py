@@ -134,6 +134,9 @@ class DagFactory:
                     log.exception("Could not build the nightly DAG of service %r", name)
                     continue
                 dags[nightly.dag_id] = nightly
+        from delivery.rollback_dag import build_rollback_dags
+
+        dags.update(build_rollback_dags(catalog=self.catalog, profile=self.profile))
         return dags
 
     def build(self, service: Service, *, dag_id: str | None = None, schedule: str | None = None) -> DAG:

@@ -45,6 +45,8 @@ class AirflowServer:
         env: Mapping[str, str] | None = None,
         catalog_dir: Path | None = None,
         profile: str = "local",
+        dags_folder: Path | None = None,
+        postgres: bool = True,
     ) -> None:
         self.home = Path(home).resolve()
         self.port = port
@@ -52,6 +54,9 @@ class AirflowServer:
         self.extra_env = dict(env or {})
         self.catalog_dir = catalog_dir
         self.profile = profile
+        self.dags_folder = dags_folder or PROJECT_ROOT / "dags"
+        self.postgres = postgres
+        self._pg_port_file = self.home / "postgres.port"
         self.passwords_file = self.home / "passwords.json"
         self.users = dict(users) if users else self._load_or_create_users()
         self._tokens: dict[str, tuple[str, float]] = {}
@@ -79,11 +84,11 @@ class AirflowServer:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
         env = {
             **inherited,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url(),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
             "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
@@ -104,6 +109,20 @@ class AirflowServer:
             env["DELIVERY_CATALOG_DIR"] = str(self.catalog_dir)
         env.update(self.extra_env)
         return env
+
+    def _cluster(self) -> Any:
+        from delivery.local.postgres import PostgresCluster
+
+        port = int(self._pg_port_file.read_text()) if self._pg_port_file.is_file() else None
+        cluster = PostgresCluster(folder=self.home / "postgres", port=port, user="airflow")
+        self._pg_port_file.write_text(str(cluster.port))
+        return cluster
+
+    def database_url(self) -> str:
+        """PostgreSQL where available (backfills need it), else SQLite."""
+        if self.postgres and self._pg_port_file.is_file():
+            return f"postgresql+psycopg2://airflow@127.0.0.1:{self._pg_port_file.read_text().strip()}/airflow"
+        return f"sqlite:///{self.home}/airflow.db"
 
     @property
     def pid_file(self) -> Path:
@@ -128,6 +147,19 @@ class AirflowServer:
         if self.running():
             self.wait_healthy(timeout=timeout)
             return
+        if self.postgres:
+            from delivery.local.postgres import PostgresError
+
+            try:
+                cluster = self._cluster().start()
+                cluster.create_database("airflow")
+            except PostgresError as exc:
+                print(
+                    f"PostgreSQL unavailable ({exc}); using SQLite, which cannot run backfills",
+                    file=sys.stderr,
+                )
+                self._pg_port_file.unlink(missing_ok=True)
+                self.postgres = False
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "airflow"), "standalone"],
@@ -175,8 +207,8 @@ class AirflowServer:
         try:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pid = 0
+        for sig in (signal.SIGTERM, signal.SIGKILL) if pid else ():
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:
@@ -192,6 +224,8 @@ class AirflowServer:
                 continue
             break
         self.pid_file.unlink(missing_ok=True)
+        if self.postgres and self._pg_port_file.is_file():
+            self._cluster().stop()
 
     # -- REST ---------------------------------------------------------------------
 

@@ -85,61 +85,21 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def test_database() -> Iterator[str]:
     """A throwaway PostgreSQL cluster from the host's binaries; yields its URL."""
-    bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    candidates = [d / "initdb" for d in bindirs]
-    on_path = shutil.which("initdb")
-    if on_path:
-        candidates.append(Path(on_path).resolve())
-    initdb = next(
-        (
-            str(c)
-            for c in candidates
-            if all((c.parent / tool).exists() for tool in ("initdb", "pg_ctl", "createdb"))
-        ),
-        None,
-    )
-    if initdb is None:
-        raise SystemExit(
-            "[delivery] this stage needs a test database but PostgreSQL is not installed "
-            "(Debian: apt-get install postgresql)"
-        )
-    bindir = Path(initdb).parent
-    tmp = Path(tempfile.mkdtemp(prefix="delivery-testdb-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(tmp, "postgres")
-    port = _free_port()
-    data = tmp / "data"
+    from delivery.local.postgres import PostgresCluster, PostgresError
 
-    def run(*args: str) -> None:
-        proc = subprocess.run([*as_user, *args], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"[delivery] test database: {args[0]} failed: {proc.stderr.strip()[:500]}")
-
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "test", "--auth=trust", "-E", "UTF8")
-    run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-w",
-        "-l",
-        str(tmp / "log"),
-        "-o",
-        f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off",
-        "start",
-    )
+    folder = Path(tempfile.mkdtemp(prefix="delivery-testdb-"))
     try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "test", "test")
-        say(f"test database ready on 127.0.0.1:{port}")
-        yield f"postgresql://test@127.0.0.1:{port}/test"
+        cluster = PostgresCluster(folder=folder, user="test").start()
+    except PostgresError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SystemExit(f"[delivery] this stage needs a test database: {exc}") from exc
+    try:
+        cluster.create_database("test")
+        say(f"test database ready on 127.0.0.1:{cluster.port}")
+        yield cluster.url("test")
     finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-            capture_output=True,
-            check=False,
-        )
-        shutil.rmtree(tmp, ignore_errors=True)
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
         say("test database stopped")
 
 

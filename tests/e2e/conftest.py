@@ -1,0 +1,192 @@
+"""The local platform for end-to-end tests: a real Docker engine, registry, git repos and Airflow.
+
+One Airflow per test module; the catalog is a copy of ``include/catalog-local``
+whose services point at bare repos made in a temporary folder, so the tests
+never touch a developer's ``.local``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from delivery.local.airflow_server import AirflowServer
+from delivery.paths import PROJECT_ROOT
+
+DEMO = "visiobook-demo-web"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def git(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    base = {
+        "GIT_AUTHOR_NAME": "Dev",
+        "GIT_AUTHOR_EMAIL": "dev@visiobook.invalid",
+        "GIT_COMMITTER_NAME": "Dev",
+        "GIT_COMMITTER_EMAIL": "dev@visiobook.invalid",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(cwd),
+    }
+    proc = subprocess.run(
+        ["git", *args], cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, check=True
+    )
+    return proc.stdout.strip()
+
+
+@dataclass
+class LocalStack:
+    airflow: AirflowServer
+    service: str
+    dag_id: str
+    work: Path  # the developer's clone of the service repo
+    gitops: Path  # the GitOps bare repo
+    catalog: dict  # type: ignore[type-arg]
+    slack: object
+    flaky_marker: Path
+    registry: str = "127.0.0.1:5000"
+
+    def commit(self, message: str, files: dict[str, str], *, date: str | None = None) -> str:
+        for name, content in files.items():
+            path = self.work / name
+            if content is None:
+                path.unlink()
+            else:
+                path.write_text(content)
+        git("add", "-A", cwd=self.work)
+        env = {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date} if date else None
+        git("commit", "-q", "-m", message, cwd=self.work, env=env)
+        git("push", "-q", "origin", "HEAD:main", cwd=self.work)
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+    def port(self, environment: str) -> int:
+        return int(self.catalog["environments"][environment]["local_port"])
+
+    def gitops_log(self, environment: str) -> list[str]:
+        path = f"apps/{self.service}/values-{environment}.yaml"
+        out = git("--git-dir", str(self.gitops), "log", "--format=%H", "main", "--", path, cwd=self.gitops)
+        return out.splitlines()
+
+    def gitops_trailers(self, revision: str) -> str:
+        return git(
+            "--git-dir", str(self.gitops), "log", "-1", "--format=%(trailers)", revision, cwd=self.gitops
+        )
+
+
+@pytest.fixture(scope="session")
+def local_platform() -> None:
+    from delivery.local.platform import ensure_local_platform
+
+    ensure_local_platform()
+
+
+@pytest.fixture(scope="module")
+def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    from delivery.local.demo import make_gitops_repo, make_service_repo
+    from tests.standins.slack_server import SlackStandIn
+
+    root = tmp_path_factory.mktemp("stack")
+    service = "e2e-demo-web"
+    # The service repo: the demo web service under a test name.
+    shutil.copytree(PROJECT_ROOT / "include" / "services" / DEMO, root / "services-src" / service)
+    bare, work = _service_repo(root, service)
+    gitops = _gitops_repo(root, service)
+    catalog_dir = root / "catalog"
+    (catalog_dir / "services").mkdir(parents=True)
+    platform = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/platform.yaml").read_text())
+    platform["platform"]["gitops"]["repo_url"] = str(gitops)
+    platform["platform"]["local"]["workspace_root"] = str(root / "workspaces")
+    (catalog_dir / "platform.yaml").write_text(yaml.safe_dump(platform))
+    data = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/services" / f"{DEMO}.yaml").read_text())
+    data["name"] = service
+    data["repo"]["url"] = str(bare)
+    data["repo"]["full_name"] = f"visiobook/{service}"
+    data["image"]["repository"] = f"e2e/{service}"
+    data["approval_timeout"] = "40s"
+    for env in ("staging", "production"):
+        data["environments"][env]["local_port"] = free_port()
+        data["environments"][env]["url"] = f"http://127.0.0.1:{data['environments'][env]['local_port']}"
+        data["environments"][env]["values_path"] = f"apps/{service}/values-{env}.yaml"
+        data["environments"][env]["argocd_app"] = f"{service}-{env}"
+    (catalog_dir / "services" / f"{service}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    del make_gitops_repo, make_service_repo
+
+    slack = SlackStandIn().start()
+    airflow = AirflowServer(
+        home=root / "airflow",
+        port=free_port(),
+        catalog_dir=catalog_dir,
+        env={
+            "AIRFLOW_CONN_SLACK_DELIVERY": json.dumps(
+                {"conn_type": "slackwebhook", "password": slack.webhook_url}
+            ),
+            "DELIVERY_CATALOG_STRICT": "1",
+        },
+    )
+    airflow.start()
+    try:
+        dag_id = "deliver_" + service.replace("-", "_")
+        airflow.wait_dag(dag_id)
+        airflow.unpause(dag_id)
+        yield LocalStack(
+            airflow=airflow,
+            service=service,
+            dag_id=dag_id,
+            work=work,
+            gitops=gitops,
+            catalog=data,
+            slack=slack,
+            flaky_marker=root / "flaky-armed",
+        )
+    finally:
+        airflow.stop()
+        slack.stop()
+        subprocess.run(
+            ["docker", "rm", "-f", f"visiobook-{service}-staging", f"visiobook-{service}-production"],
+            capture_output=True,
+            check=False,
+        )
+
+
+def _service_repo(root: Path, service: str) -> tuple[Path, Path]:
+    bare = root / "repos" / f"{service}.git"
+    bare.parent.mkdir(parents=True)
+    git("init", "-q", "--bare", "--initial-branch=main", str(bare), cwd=root)
+    work = root / "src" / service
+    shutil.copytree(
+        root / "services-src" / service, work, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    git("init", "-q", "--initial-branch=main", cwd=work)
+    git("remote", "add", "origin", str(bare), cwd=work)
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", "initial import", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    return bare, work
+
+
+def _gitops_repo(root: Path, service: str) -> Path:
+    bare = root / "gitops.git"
+    git("init", "-q", "--bare", "--initial-branch=main", str(bare), cwd=root)
+    work = root / "gitops-work"
+    git("clone", "-q", str(bare), str(work), cwd=root)
+    git("checkout", "-q", "-B", "main", cwd=work)
+    for env in ("staging", "production"):
+        src = PROJECT_ROOT / "include" / "services" / DEMO / "deploy" / f"values-{env}.yaml"
+        dest = work / "apps" / service / f"values-{env}.yaml"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(src.read_text().replace(f"visiobook/{DEMO}", f"e2e/{service}"))
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", "seed", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+    return bare

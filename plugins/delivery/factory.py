@@ -106,6 +106,7 @@ class DagFactory:
             StepKind.GPU_HEALTH: self._gpu_health,
             StepKind.APPROVAL: self._approval,
             StepKind.VERIFY: self._verify,
+            StepKind.REVIEW: self._review,
             StepKind.RECORD: self._python("record_verification"),
             StepKind.ROLLBACK_PLAN: self._python("rollback_plan"),
             StepKind.MIGRATION_GATE: self._migration_gate,
@@ -388,6 +389,22 @@ class DagFactory:
             environment="production",
             namespace=env.namespace,
             prometheus_conn_id=self.platform.connections.prometheus,
+        )
+
+    def _review(self, step: Step, service: Service, _: dict[StepKind | str, Any]) -> Any:
+        from delivery.operators.review import HoldReviewOperator
+
+        return HoldReviewOperator(
+            task_id=step.name,
+            verify_task_id="verify_production.verify",
+            subject=f"{service.name}: production verification was inconclusive",
+            body=(
+                "Prometheus gave no verdict on the new release (see verify_production.verify). "
+                "Keep the release, or roll back to the previous stable version. "
+                "Without an answer the release is rolled back."
+            ),
+            assigned_users=[{"id": user, "name": user} for user in service.approvers],
+            response_timeout=service.approval_timeout,
         )
 
     def _outcome(self, step: Step, service: Service, _: dict[StepKind | str, Any]) -> Any:

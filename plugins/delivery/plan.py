@@ -39,6 +39,7 @@ class StepKind(StrEnum):
     GPU_HEALTH = "gpu_health"  # GPU available, model loaded, inference latency within budget
     APPROVAL = "approval"  # HITL approval
     VERIFY = "verify"  # PromQL analysis of production
+    REVIEW = "review"  # a human decides when the verification was inconclusive
     RECORD = "record"  # mark the verified release stable in the GitOps history
     ROLLBACK_PLAN = "rollback_plan"  # identify the previous stable release
     MIGRATION_GATE = "migration_gate"  # HITL: restore the DB backup before rollback
@@ -222,7 +223,8 @@ def build_plan(service: Service) -> Plan:
         Step(VERIFY_PRODUCTION, "verify", StepKind.VERIFY, tuple(production), environment="production")
     )
 
-    recorded = b.add(Step(VERIFY_PRODUCTION, "record", StepKind.RECORD, (verify,), environment="production"))
+    review = b.add(Step(VERIFY_PRODUCTION, "review", StepKind.REVIEW, (verify,), environment="production"))
+    recorded = b.add(Step(VERIFY_PRODUCTION, "record", StepKind.RECORD, (review,), environment="production"))
 
     # Flow 6: rollback when the production deploy or its verification fails.
     plan_rb = b.add(
@@ -230,7 +232,7 @@ def build_plan(service: Service) -> Plan:
             ROLLBACK,
             "plan",
             StepKind.ROLLBACK_PLAN,
-            (*deploy_ids, verify),
+            (*deploy_ids, verify, review),
             trigger_rule=TriggerRule.ONE_FAILED,
             environment="production",
         )

@@ -103,7 +103,10 @@ def test_rollback_runs_only_when_production_fails(dagbag, name: str) -> None:  #
         "deploy_production.health_check",
     }
     assert ("deploy_production.gpu_health" in production) == (name == "visiobook-inference")
-    assert plan_task.upstream_task_ids == production | {"verify_production.verify"}
+    assert plan_task.upstream_task_ids == production | {
+        "verify_production.verify",
+        "verify_production.review",
+    }
     assert "rollback.health_check" in _reachable(dag, "rollback.plan")
     assert {"notify.summary", "notify.outcome"} <= _reachable(dag, "rollback.plan")
     assert dag.get_task("notify.outcome").trigger_rule == "all_done"

@@ -11,8 +11,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
+from airflow.providers.standard.operators.python import (
+    BranchPythonOperator,
+    PythonOperator,
+    ShortCircuitOperator,
+)
 from airflow.sdk import DAG, Param, TaskGroup
 from kubernetes.client import models as k8s
 
@@ -38,10 +42,23 @@ def _pod(name: str, service: str, image: str, command: str, **extra: Any) -> Kub
         image=image,
         cmds=["/bin/sh", "-ec"],
         arguments=[f"cd /workspace/src\n{command}"],
-        env_vars={"DELIVERY_SHA": SHA, "DELIVERY_SERVICE": service, "DELIVERY_RUN_KEY": service + "/{{ run_id }}"},
+        env_vars={
+            "DELIVERY_SHA": SHA,
+            "DELIVERY_SERVICE": service,
+            "DELIVERY_RUN_KEY": service + "/{{ run_id }}",
+        },
         labels={"delivery.visiobook.io/service": service, "delivery.visiobook.io/commit": SHA},
-        container_resources=k8s.V1ResourceRequirements(requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "1Gi"}),
-        volumes=[k8s.V1Volume(name="workspace", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name="delivery-workspaces"))],
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"cpu": "500m", "memory": "1Gi"}, limits={"memory": "1Gi"}
+        ),
+        volumes=[
+            k8s.V1Volume(
+                name="workspace",
+                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                    claim_name="delivery-workspaces"
+                ),
+            )
+        ],
         volume_mounts=[mount],
         init_containers=[
             k8s.V1Container(
@@ -67,7 +84,10 @@ def build(service: str) -> DAG:
         start_date=datetime(2026, 1, 1),
         catchup=False,
         tags=["delivery"],
-        params={"ref": Param("main", type="string"), "pipeline": Param("full", type="string", enum=["full", "ci"])},
+        params={
+            "ref": Param("main", type="string"),
+            "pipeline": Param("full", type="string", enum=["full", "ci"]),
+        },
         default_args={"on_failure_callback": [slack_failure_notifier(slack_conn_id="slack_delivery")]},
     ) as dag:
         with TaskGroup("validate"):
@@ -76,7 +96,9 @@ def build(service: str) -> DAG:
             helm = _pod("helm_validate", service, "alpine/helm", "helm lint helm")
             scan = _pod("quality_scan", service, "sonar", "sonar-scanner")
             gate = SonarQualityGateOperator(task_id="quality_gate", project_key=service)
-            security = [_pod(n, service, "node:20", "npm audit") for n in ("dependency_audit", "sast", "dast")]
+            security = [
+                _pod(n, service, "node:20", "npm audit") for n in ("dependency_audit", "sast", "dast")
+            ]
             checkout >> [lint, helm]
             lint >> scan >> gate >> security
         with TaskGroup("build_and_test"):
@@ -95,8 +117,12 @@ def build(service: str) -> DAG:
         for env in ("staging", "production"):
             with TaskGroup(f"deploy_{env}"):
                 commit = PythonOperator(task_id="gitops_commit", python_callable=_noop)
-                sync = ArgoCDSyncOperator(task_id="sync", app_name=f"{service}-{env}", revision="{{ ti.xcom_pull(task_ids='x') }}")
-                health = HealthCheckSensor(task_id="health_check", url=f"https://{service}.{env}.example/health", mode="reschedule")
+                sync = ArgoCDSyncOperator(
+                    task_id="sync", app_name=f"{service}-{env}", revision="{{ ti.xcom_pull(task_ids='x') }}"
+                )
+                health = HealthCheckSensor(
+                    task_id="health_check", url=f"https://{service}.{env}.example/health", mode="reschedule"
+                )
                 last >> commit >> sync >> health
             if env == "staging":
                 with TaskGroup("integration"):
@@ -119,16 +145,59 @@ def build(service: str) -> DAG:
                 service=service,
                 verify={"checks": [{"name": "error_rate", "query": "up", "max": 1}]},
             )
+            review = HITLOperator(
+                task_id="review",
+                subject="inconclusive",
+                options=["Keep release", "Roll back"],
+                defaults=["Roll back"],
+                assigned_users=[{"id": "alice", "name": "alice"}],
+                response_timeout=timedelta(hours=24),
+            )
             record = PythonOperator(task_id="record", python_callable=_noop)
-            health >> verify >> record
+            health >> verify >> review >> record
         with TaskGroup("rollback"):
             plan = PythonOperator(task_id="plan", python_callable=_noop, trigger_rule="one_failed")
             revert = PythonOperator(task_id="revert", python_callable=_noop)
             rsync = ArgoCDSyncOperator(task_id="sync", app_name=f"{service}-production", revision="x")
             rhealth = HealthCheckSensor(task_id="health_check", url="https://x.example/health")
-            [*prod, verify] >> plan >> revert >> rsync >> rhealth
+            [*prod, verify, review] >> plan >> revert >> rsync >> rhealth
         with TaskGroup("notify"):
             summary = PythonOperator(task_id="summary", python_callable=_noop, trigger_rule="all_done")
             outcome = PythonOperator(task_id="outcome", python_callable=_noop, trigger_rule="all_done")
             [record, rhealth] >> summary >> outcome
+    return dag
+
+
+def build_rollback(service: str) -> DAG:
+    """The manual rollback DAG of one service, by hand (same operators as the factory's)."""
+    with DAG(
+        dag_id="hand_rollback_" + service.replace("-", "_"),
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        params={"reason": Param("", type="string", minLength=1), "target_version": Param("", type="string")},
+    ) as dag:
+        identify = PythonOperator(task_id="identify", python_callable=_noop)
+        check = BranchPythonOperator(task_id="check_migration", python_callable=lambda: "revert")
+        restore = HITLOperator(
+            task_id="restore_database",
+            subject="restore the DB backup",
+            options=["Continue", "Abort"],
+            defaults=["Abort"],
+            assigned_users=[{"id": "alice", "name": "alice"}],
+            response_timeout=timedelta(hours=24),
+        )
+        aborted = PythonOperator(task_id="aborted", python_callable=_noop)
+        revert = PythonOperator(
+            task_id="revert", python_callable=_noop, trigger_rule="none_failed_min_one_success"
+        )
+        sync = ArgoCDSyncOperator(task_id="sync", app_name=f"{service}-production", revision="x")
+        health = HealthCheckSensor(task_id="health_check", url="https://x.example/health")
+        record = PythonOperator(task_id="record", python_callable=_noop)
+        notify = PythonOperator(task_id="notify", python_callable=_noop, trigger_rule="all_done")
+        outcome = PythonOperator(task_id="outcome", python_callable=_noop, trigger_rule="all_done")
+        identify >> check >> [restore, revert]
+        restore >> [aborted, revert]
+        revert >> sync >> health >> record
+        [aborted, record] >> notify >> outcome
     return dag

@@ -32,6 +32,7 @@ def _registry_tags(stack, repository: str) -> list[str]:  # type: ignore[no-unty
 def _deliver_to_approval(stack, sha: str) -> str:  # type: ignore[no-untyped-def]
     run_id = stack.airflow.trigger(stack.dag_id, conf={"ref": "main", "sha": sha})
     stack.airflow.wait_task(stack.dag_id, run_id, APPROVAL, states=("awaiting_input",), timeout=420)
+    time.sleep(3)  # people answer in seconds, not milliseconds: let the task finish parking itself
     return run_id
 
 
@@ -158,6 +159,7 @@ def test_rerun_of_a_flaky_stage_completes_the_run_without_rebuilding(stack) -> N
         },
     )
     stack.airflow.wait_task(stack.dag_id, run_id, APPROVAL, states=("awaiting_input",), timeout=300)
+    time.sleep(3)
     stack.airflow.respond(stack.dag_id, run_id, APPROVAL, option="Approve", user="alice")
     assert stack.airflow.wait_run(stack.dag_id, run_id, timeout=300) == "success"
 

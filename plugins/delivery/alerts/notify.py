@@ -157,6 +157,9 @@ def deliver(
             return Delivery(destination=destination, delivered=True, attempts=attempt)
         except Exception as exc:
             error = redact(f"{type(exc).__name__}: {exc}")[:500]
+            if "isn't defined" in str(exc):  # AirflowNotFoundException: no connection, retrying cannot help
+                log.warning("Notification to %s skipped: %s", destination, error)
+                return Delivery(destination=destination, delivered=False, attempts=attempt, error=error)
             if attempt == attempts:
                 break
             delay = backoff_s * 2 ** (attempt - 1)

@@ -13,6 +13,7 @@ people know them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -114,7 +115,13 @@ class AirflowServer:
         from delivery.local.postgres import PostgresCluster
 
         port = int(self._pg_port_file.read_text()) if self._pg_port_file.is_file() else None
-        cluster = PostgresCluster(folder=self.home / "postgres", port=port, user="airflow")
+        folder = self.home / "postgres"
+        if os.geteuid() == 0:
+            # The server runs as the postgres user, who must reach the folder: keep it out of
+            # private (0700) parents such as a test's tmp path, in /var/tmp which survives reboots.
+            key = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+            folder = Path("/var/tmp") / f"delivery-airflow-postgres-{key}"
+        cluster = PostgresCluster(folder=folder, port=port, user="airflow")
         self._pg_port_file.write_text(str(cluster.port))
         return cluster
 

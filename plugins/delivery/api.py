@@ -13,7 +13,7 @@ import importlib
 from fastapi import FastAPI
 
 # Modules exposing ``router`` (a fastapi.APIRouter), included in this order.
-ROUTERS: tuple[str, ...] = ("delivery.webhooks.alertmanager",)
+ROUTERS: tuple[str, ...] = ("delivery.webhooks.alertmanager", "delivery.webhooks.github")
 
 
 def create_app() -> FastAPI:

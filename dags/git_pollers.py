@@ -1,0 +1,15 @@
+"""Airflow DAGs: one git poller DAG per catalog repository (fallback for webhooks). Kept thin: see plugins/delivery/poller.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from delivery.catalog import load_catalog
+from delivery.poller import build_poller_dags
+
+_catalog, _issues = load_catalog(strict=os.environ.get("DELIVERY_CATALOG_STRICT") == "1")
+if _issues:
+    logging.getLogger("delivery").warning("catalog: %d issue(s); see the delivery DAG file", len(_issues))
+
+globals().update(build_poller_dags(_catalog))

@@ -21,11 +21,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubernetes.client import Configuration
 from kubernetes.client import models as k8s
 
 from delivery.catalog.models import Platform, Service
 from delivery.catalog.toolchains import ResolvedStage
 from delivery.runners.context import COMMIT_SHA, RUN_KEY, stage_env
+
+# Every generated Kubernetes model copies the default client Configuration when built without
+# one (and that copy resets loggers): at thousands of objects per DAG file that dominated parse
+# time. One shared Configuration, only used for client-side validation, avoids it.
+_K8S_CONFIG = Configuration()
+
+
+def _m(model: type[Any], **kwargs: Any) -> Any:
+    return model(local_vars_configuration=_K8S_CONFIG, **kwargs)
+
 
 WORKSPACE_MOUNT = "/workspace"
 WORKSPACE_DIR = f"{WORKSPACE_MOUNT}/src"
@@ -72,26 +83,29 @@ def _resources(stage: ResolvedStage, service: Service, platform: Platform) -> k8
     limits["memory"] = r.memory_limit or r.memory
     if stage.gpu and service.gpu is not None:
         limits[platform.kubernetes.gpu.resource] = str(service.gpu.count)
-    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+    return _m(k8s.V1ResourceRequirements, requests=requests, limits=limits)
 
 
 def _sidecars(stage: ResolvedStage, workspace_mount: k8s.V1VolumeMount) -> list[k8s.V1Container]:
     sidecars = []
     for svc in stage.services:
         sidecars.append(
-            k8s.V1Container(
+            _m(
+                k8s.V1Container,
                 name=svc.name,
                 image=svc.image,
                 command=svc.command,
-                env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(svc.env.items())],
-                ports=[k8s.V1ContainerPort(container_port=svc.port)],
+                env=[_m(k8s.V1EnvVar, name=k, value=v) for k, v in sorted(svc.env.items())],
+                ports=[_m(k8s.V1ContainerPort, container_port=svc.port)],
                 restart_policy="Always",
-                startup_probe=k8s.V1Probe(
-                    _exec=k8s.V1ExecAction(command=svc.ready_command),
+                startup_probe=_m(
+                    k8s.V1Probe,
+                    _exec=_m(k8s.V1ExecAction, command=svc.ready_command),
                     period_seconds=2,
                     failure_threshold=90,
                 ),
-                resources=k8s.V1ResourceRequirements(
+                resources=_m(
+                    k8s.V1ResourceRequirements,
                     requests={"cpu": svc.resources.cpu, "memory": svc.resources.memory},
                     limits={"memory": svc.resources.memory_limit or svc.resources.memory},
                 ),
@@ -108,8 +122,12 @@ def gpu_scheduling(service: Service, platform: Platform) -> dict[str, Any]:
     if service.gpu is not None and service.gpu.product:
         node_selector[gpu_nodes.product_label] = service.gpu.product
     tolerations = [
-        k8s.V1Toleration(
-            key=t.get("key"), operator=t.get("operator"), value=t.get("value"), effect=t.get("effect")
+        _m(
+            k8s.V1Toleration,
+            key=t.get("key"),
+            operator=t.get("operator"),
+            value=t.get("value"),
+            effect=t.get("effect"),
         )
         for t in gpu_nodes.tolerations
     ]
@@ -123,58 +141,67 @@ def gpu_scheduling(service: Service, platform: Platform) -> dict[str, Any]:
 def pod_operator_kwargs(*, service: Service, platform: Platform, stage: ResolvedStage) -> dict[str, Any]:
     """Everything a ``KubernetesPodOperator`` needs for one stage (tested offline)."""
     kube = platform.kubernetes
-    workspace_mount = k8s.V1VolumeMount(
-        name="workspace", mount_path=WORKSPACE_MOUNT, sub_path_expr="$(DELIVERY_RUN_KEY)"
+    workspace_mount = _m(
+        k8s.V1VolumeMount, name="workspace", mount_path=WORKSPACE_MOUNT, sub_path_expr="$(DELIVERY_RUN_KEY)"
     )
     env = stage_env(
         service=service, platform=platform, stage=stage, workspace=WORKSPACE_DIR, registry=platform.registry
     )
     env["DELIVERY_RUN_KEY"] = f"{service.name}/{RUN_KEY}"
     volumes = [
-        k8s.V1Volume(
+        _m(
+            k8s.V1Volume,
             name="workspace",
-            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=kube.workspace_pvc),
+            persistent_volume_claim=_m(
+                k8s.V1PersistentVolumeClaimVolumeSource, claim_name=kube.workspace_pvc
+            ),
         )
     ]
     checkout_mounts = [workspace_mount]
     if kube.git_credentials_secret:
         volumes.append(
-            k8s.V1Volume(
+            _m(
+                k8s.V1Volume,
                 name="git-credentials",
-                secret=k8s.V1SecretVolumeSource(secret_name=kube.git_credentials_secret, optional=True),
+                secret=_m(k8s.V1SecretVolumeSource, secret_name=kube.git_credentials_secret, optional=True),
             )
         )
         checkout_mounts.append(
-            k8s.V1VolumeMount(name="git-credentials", mount_path="/etc/git-credentials", read_only=True)
+            _m(k8s.V1VolumeMount, name="git-credentials", mount_path="/etc/git-credentials", read_only=True)
         )
     volume_mounts = [workspace_mount]
     if stage.stage.value == "image_build" and kube.registry_credentials_secret:
         volumes.append(
-            k8s.V1Volume(
+            _m(
+                k8s.V1Volume,
                 name="registry-credentials",
-                secret=k8s.V1SecretVolumeSource(
+                secret=_m(
+                    k8s.V1SecretVolumeSource,
                     secret_name=kube.registry_credentials_secret,
-                    items=[k8s.V1KeyToPath(key=".dockerconfigjson", path="config.json")],
+                    items=[_m(k8s.V1KeyToPath, key=".dockerconfigjson", path="config.json")],
                 ),
             )
         )
         volume_mounts.append(
-            k8s.V1VolumeMount(name="registry-credentials", mount_path="/kaniko/.docker", read_only=True)
+            _m(k8s.V1VolumeMount, name="registry-credentials", mount_path="/kaniko/.docker", read_only=True)
         )
     checkout_env = [
-        k8s.V1EnvVar(name="DELIVERY_SHA", value=COMMIT_SHA),
-        k8s.V1EnvVar(name="DELIVERY_REPO_URL", value=service.repo.url),
-        k8s.V1EnvVar(name="DELIVERY_RUN_KEY", value=f"{service.name}/{RUN_KEY}"),
+        _m(k8s.V1EnvVar, name="DELIVERY_SHA", value=COMMIT_SHA),
+        _m(k8s.V1EnvVar, name="DELIVERY_REPO_URL", value=service.repo.url),
+        _m(k8s.V1EnvVar, name="DELIVERY_RUN_KEY", value=f"{service.name}/{RUN_KEY}"),
     ]
     init_containers = [
-        k8s.V1Container(
+        _m(
+            k8s.V1Container,
             name="checkout",
             image=kube.tools.git,
             command=["/bin/sh", "-c", CHECKOUT_SCRIPT],
             env=checkout_env,
             volume_mounts=checkout_mounts,
-            resources=k8s.V1ResourceRequirements(
-                requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "512Mi"}
+            resources=_m(
+                k8s.V1ResourceRequirements,
+                requests={"cpu": "100m", "memory": "128Mi"},
+                limits={"memory": "512Mi"},
             ),
         ),
         *_sidecars(stage, workspace_mount),
@@ -195,7 +222,8 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
         "init_containers": init_containers,
         "service_account_name": kube.service_account,
         "automount_service_account_token": False,
-        "image_pull_secrets": [k8s.V1LocalObjectReference(name=n) for n in kube.image_pull_secrets] or None,
+        "image_pull_secrets": [_m(k8s.V1LocalObjectReference, name=n) for n in kube.image_pull_secrets]
+        or None,
         "in_cluster": kube.in_cluster,
         "kubernetes_conn_id": kube.kubernetes_conn_id,
         "startup_timeout_seconds": int(kube.startup_timeout.total_seconds()),
@@ -206,7 +234,7 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
         "logging_interval": 30,
         "on_finish_action": "delete_succeeded_pod",
         "do_xcom_push": stage.stage.value == "gpu_benchmark",
-        "container_security_context": k8s.V1SecurityContext(allow_privilege_escalation=False),
+        "container_security_context": _m(k8s.V1SecurityContext, allow_privilege_escalation=False),
     }
     if stage.stage.value == "gpu_benchmark":
         # The service image does not contain the harness: it comes from the delivery-gpu-harness
@@ -221,9 +249,13 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
         kwargs.update(gpu_scheduling(service, platform))
         shm = service.gpu.shm_size if service.gpu else "1Gi"
         kwargs["volumes"].append(
-            k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=shm))
+            _m(
+                k8s.V1Volume,
+                name="dshm",
+                empty_dir=_m(k8s.V1EmptyDirVolumeSource, medium="Memory", size_limit=shm),
+            )
         )
-        kwargs["volume_mounts"].append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
+        kwargs["volume_mounts"].append(_m(k8s.V1VolumeMount, name="dshm", mount_path="/dev/shm"))
     return kwargs
 
 

@@ -44,10 +44,14 @@ PROFILE_DOC = {
 }
 
 
-def run_task(task: str, **kwargs: Any) -> Any:
-    """Entry point of every Python step: imports :mod:`delivery.tasks` only when the task runs."""
+def run_task(step_callable: str, **kwargs: Any) -> Any:
+    """Entry point of every Python step: imports :mod:`delivery.tasks` only when the task runs.
+
+    ``step_callable`` names the function; the rest is the task context plus its op_kwargs
+    (a name other than ``task``, which would shadow the context's own ``task``).
+    """
     module = importlib.import_module("delivery.tasks")
-    return getattr(module, task)(**kwargs)
+    return getattr(module, step_callable)(**kwargs)
 
 
 def pipeline_params(service: Service, *, pipeline: str = "full") -> dict[str, Param]:
@@ -214,7 +218,7 @@ class DagFactory:
         def build(step: Step, service: Service, _: dict[StepKind | str, Any]) -> Any:
             from airflow.providers.standard.operators.python import PythonOperator
 
-            op_kwargs: dict[str, Any] = {"task": name, "service_name": service.name}
+            op_kwargs: dict[str, Any] = {"step_callable": name, "service_name": service.name}
             if environment:
                 op_kwargs["environment"] = step.environment
             return PythonOperator(
@@ -232,7 +236,7 @@ class DagFactory:
         return PythonOperator(
             task_id=step.name,
             python_callable=run_task,
-            op_kwargs={"task": "resolve_source", "service_name": service.name},
+            op_kwargs={"step_callable": "resolve_source", "service_name": service.name},
         )
 
     def _stage(self, step: Step, service: Service, extra: dict[StepKind | str, Any]) -> Any:
@@ -269,7 +273,7 @@ class DagFactory:
         return ShortCircuitOperator(
             task_id=step.name,
             python_callable=run_task,
-            op_kwargs={"task": "release_gate"},
+            op_kwargs={"step_callable": "release_gate"},
             ignore_downstream_trigger_rules=False,
         )
 
@@ -413,7 +417,7 @@ class DagFactory:
         return PythonOperator(
             task_id=step.name,
             python_callable=run_task,
-            op_kwargs={"task": "outcome"},
+            op_kwargs={"step_callable": "outcome"},
             trigger_rule=step.trigger_rule.value,
             on_failure_callback=None,
         )

@@ -178,6 +178,7 @@ def test_backfill_builds_the_branch_head_of_each_interval(stack) -> None:  # typ
         days[day] = stack.commit(f"nightly change {day}", {"NIGHTLY": f"{day}\n"}, date=date)
     nightly = "nightly_" + stack.service.replace("-", "_")
     stack.airflow.wait_dag(nightly)
+    stack.airflow.unpause(nightly)  # the scheduler runs no task of a paused DAG, backfills included
     stack.airflow.api(
         "POST",
         "/backfills",

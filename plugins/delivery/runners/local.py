@@ -58,7 +58,7 @@ def local_stage_operator(
 
         return PythonOperator(
             python_callable=run_task,
-            op_kwargs={"task": IMAGE_STAGES[stage.stage], "service_name": service.name},
+            op_kwargs={"step_callable": IMAGE_STAGES[stage.stage], "service_name": service.name},
             **operator_kwargs,
         )
     from airflow.providers.standard.operators.bash import BashOperator
@@ -104,7 +104,7 @@ def docker_sync_operator(*, task_id: str, service: Service, environment: str, co
         task_id=task_id,
         python_callable=run_task,
         op_kwargs={
-            "task": "local_sync",
+            "step_callable": "local_sync",
             "service_name": service.name,
             "environment": environment,
             "commit_task": commit_task,

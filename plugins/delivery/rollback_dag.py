@@ -350,7 +350,7 @@ def rollback_identify(*, service_name: str, params: dict[str, Any], **context: A
     current = releases[0]
     starts_at = str(params.get("starts_at") or "").strip()
     if starts_at and current.timestamp > datetime.fromisoformat(starts_at):
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         # The alert predates the current release (often: an earlier rollback already restored
         # service): rolling this release back would go one step too far.

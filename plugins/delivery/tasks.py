@@ -317,7 +317,7 @@ def record_verification(*, service_name: str, **context: Any) -> dict[str, Any]:
 
 def rollback_plan(*, service_name: str, **context: Any) -> dict[str, Any]:
     """Seed flow 6: mark the failed release and identify the previous stable version."""
-    from airflow.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException
 
     svc = service(service_name)
     if _states(context).get("deploy_production.gitops_commit") != "success":
@@ -510,7 +510,7 @@ def outcome(**context: Any) -> str:
 
 def gpu_gate(*, service_name: str, **context: Any) -> dict[str, Any]:
     """Compare the GPU benchmark with the service's budgets; every missed budget is listed."""
-    from airflow.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException
 
     from delivery.gpu.gate import GpuGateSkipped, enforce
 

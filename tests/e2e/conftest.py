@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,8 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     from tests.standins.slack_server import SlackStandIn
 
     root = tmp_path_factory.mktemp("stack")
-    service = "e2e-demo-web"
+    # A name of its own per session: containers, registry repos and DAGs never meet another run's.
+    service = f"e2e-{uuid.uuid4().hex[:6]}-web"
     # The service repo: the demo web service under a test name.
     shutil.copytree(PROJECT_ROOT / "include" / "services" / DEMO, root / "services-src" / service)
     bare, work = _service_repo(root, service)

@@ -342,6 +342,11 @@ class KubernetesPlatform(StrictModel):
 
 
 class LocalPlatform(StrictModel):
+    runner: Literal["shell", "docker"] = Field(
+        default="shell",
+        description="shell: the host's toolchains run each stage; docker: each stage runs in its catalog "
+        "image on the local Docker engine (DockerOperator), GPU stages with a GPU device request.",
+    )
     workspace_root: str = Field(default=".local/workspaces", description="Relative to the project root.")
     registry: str = "127.0.0.1:5000"
     gitops_repo: str = Field(default=".local/gitops.git", description="A local bare repo.")

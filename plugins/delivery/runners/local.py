@@ -61,9 +61,15 @@ def local_stage_operator(
             op_kwargs={"step_callable": IMAGE_STAGES[stage.stage], "service_name": service.name},
             **operator_kwargs,
         )
+    workspace = workspace_dir(platform, service)
+    if platform.local.runner == "docker":
+        from delivery.runners.docker import docker_stage_operator
+
+        return docker_stage_operator(
+            service=service, platform=platform, stage=stage, host_workspace=workspace, **operator_kwargs
+        )
     from airflow.providers.standard.operators.bash import BashOperator
 
-    workspace = workspace_dir(platform, service)
     env = stage_env(
         service=service, platform=platform, stage=stage, workspace=workspace, registry=platform.local.registry
     )

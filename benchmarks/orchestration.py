@@ -211,7 +211,7 @@ def main() -> int:
             f"\nTriggerer: {health.get('triggerer', {}).get('status')}; the HITL wait is a task state, not a trigger."
         )
     finally:
-        server.stop()
+        server.destroy()
     return 0
 
 

@@ -152,7 +152,7 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             flaky_marker=root / "flaky-armed",
         )
     finally:
-        airflow.stop()
+        airflow.destroy()
         slack.stop()
         subprocess.run(
             ["docker", "rm", "-f", f"visiobook-{service}-staging", f"visiobook-{service}-production"],

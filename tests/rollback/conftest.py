@@ -287,7 +287,7 @@ def rollback_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RollbackE
         yield env
     finally:
         pool.shutdown(wait=True)
-        airflow.stop(timeout=5)
+        airflow.destroy()
         _remove_containers()
 
 

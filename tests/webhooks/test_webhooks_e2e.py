@@ -77,7 +77,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             server.wait_dag(dag)
         yield Env(server, work)
     finally:
-        server.stop(timeout=10)
+        server.destroy()
 
 
 def test_push_to_main_creates_one_full_run(env: Env) -> None:

@@ -234,6 +234,17 @@ class AirflowServer:
         if self.postgres and self._pg_port_file.is_file():
             self._cluster().stop()
 
+    def destroy(self) -> None:
+        """Stop, and delete the metadata database (for throwaway Airflows such as tests)."""
+        self.stop()
+        if self._pg_port_file.is_file():
+            cluster = self._cluster()
+            self._pg_port_file.unlink(missing_ok=True)
+            if cluster.folder != self.home / "postgres":
+                import shutil
+
+                shutil.rmtree(cluster.folder, ignore_errors=True)
+
     # -- REST ---------------------------------------------------------------------
 
     def token(self, user: str = "admin") -> str:

@@ -30,7 +30,7 @@ test: lint ## lint, then the whole test suite (starts Docker, a registry, Promet
 test-fast: install ## unit tests only (no real services)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -p no:cacheprovider -m "not e2e"
 
-run: ## set up everything on this machine and start Airflow with the local profile
+run: ## set up everything on this machine and start Airflow with the local profile (scripts/run-local.sh)
 	bash scripts/run-local.sh start
 
 stop: ## stop Airflow, the registry, demo containers and the Docker engine started by `make run`

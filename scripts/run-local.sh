@@ -12,25 +12,7 @@ export DELIVERY_STATE_DIR="$STATE" PYTHONPATH="$ROOT/plugins"
 step() { printf '\n==> %s\n' "$*"; }
 
 install_debian_packages() {
-  local missing=()
-  command -v dockerd >/dev/null || missing+=(docker.io)
-  command -v docker-registry >/dev/null || missing+=(docker-registry)
-  command -v debootstrap >/dev/null || missing+=(debootstrap)
-  [ -x /bin/busybox ] || missing+=(busybox-static)
-  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
-  command -v git >/dev/null || missing+=(git)
-  command -v curl >/dev/null || missing+=(curl)
-  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-  if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      step "Installing Debian packages: ${missing[*]}"
-      DEBIAN_FRONTEND=noninteractive apt-get update -q
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-    else
-      echo "Missing: ${missing[*]}. Install them (as root on Debian: apt-get install ${missing[*]}) and rerun." >&2
-      exit 1
-    fi
-  fi
+  bash "$ROOT/scripts/install-deps.sh"
 }
 
 start() {

@@ -197,8 +197,7 @@ def _free_port() -> int:
 @pytest.fixture
 def pushgateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    if binary is None:
-        pytest.skip("the Pushgateway is not installed (Debian package prometheus-pushgateway)")
+    assert binary is not None, "install the Pushgateway (Debian: apt-get install prometheus-pushgateway)"
     port = _free_port()
     proc = subprocess.Popen(
         [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],

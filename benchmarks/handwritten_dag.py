@@ -20,11 +20,11 @@ from airflow.providers.standard.operators.python import (
 from airflow.sdk import DAG, Param, TaskGroup
 from kubernetes.client import models as k8s
 
-from delivery.notifications import slack_failure_notifier
+from delivery.integrations.health import HealthCheckSensor
+from delivery.integrations.sonarqube import SonarQualityGateOperator
+from delivery.notify.failure import slack_failure_notifier
 from delivery.operators.argocd import ArgoCDSyncOperator
-from delivery.operators.health import HealthCheckSensor
-from delivery.operators.sonarqube import SonarQualityGateOperator
-from delivery.operators.verify import VerifyReleaseOperator
+from delivery.verification.operator import VerifyReleaseOperator
 
 SHA = "{{ ti.xcom_pull(task_ids='validate.checkout')['sha'] }}"
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from delivery.local.airflow_server import AirflowServer
+from delivery.devenv.airflow_server import AirflowServer
 from delivery.paths import PROJECT_ROOT
 
 BARE_DAGS = '''
@@ -77,7 +77,7 @@ def git(*args: str, cwd: Path) -> None:
 
 def setup(root: Path) -> tuple[Path, Path, list[str], list[tuple[str, str]]]:
     from delivery.catalog import load_catalog
-    from delivery.plan import build_plan
+    from delivery.pipeline.plan import build_plan
 
     repo = root / "noop.git"
     work = root / "noop"

@@ -40,8 +40,8 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
-from delivery.local.airflow_server import AirflowServer  # noqa: E402
-from tests.webhooks.support import SECRET, encode, git, headers, make_catalog, make_repo, payload  # noqa: E402
+from delivery.devenv.airflow_server import AirflowServer  # noqa: E402
+from tests.web.support import SECRET, encode, git, headers, make_catalog, make_repo, payload  # noqa: E402
 
 WEB = "deliver_visiobook_demo_web"
 INFERENCE = "deliver_visiobook_inference"

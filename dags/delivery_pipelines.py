@@ -6,7 +6,7 @@ import os
 
 from delivery.catalog import load_catalog
 from delivery.catalog.errors import CatalogError
-from delivery.factory import build_dags
+from delivery.pipeline.factory import build_dags
 
 _catalog, _issues = load_catalog(strict=os.environ.get("DELIVERY_CATALOG_STRICT") == "1")
 for _issue in _issues:

@@ -1,4 +1,4 @@
-"""Airflow DAGs: one git poller DAG per catalog repository (fallback for webhooks). Kept thin: see plugins/delivery/poller.py."""
+"""Airflow DAGs: one git poller DAG per catalog repository (fallback for webhooks). Kept thin: see plugins/delivery/gitevents/poller.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import os
 
 from delivery.catalog import load_catalog
-from delivery.poller import build_poller_dags
+from delivery.gitevents.poller import build_poller_dags
 
 _catalog, _issues = load_catalog(strict=os.environ.get("DELIVERY_CATALOG_STRICT") == "1")
 if _issues:

@@ -12,8 +12,8 @@ from airflow.plugins_manager import AirflowPlugin
 
 
 def _apps() -> list[dict[str, Any]]:
-    from delivery.api import create_app
-    from delivery.dora_ui import app as dora_app
+    from delivery.web.app import create_app
+    from delivery.web.dora import app as dora_app
 
     # The more specific prefix first: /delivery would otherwise catch /delivery/dora.
     return [

@@ -26,9 +26,9 @@ start() {
   step "Base images (built locally, nothing is pulled)"
   bash "$ROOT/scripts/local/base-images.sh" all
   step "Demo service repos and the GitOps repo"
-  "$PY" -m delivery.local.demo setup --state "$STATE"
+  "$PY" -m delivery.devenv.demo setup --state "$STATE"
   step "Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:$PORT"
-  info="$("$PY" -m delivery.local.airflow_server start --home "$STATE/airflow" --port "$PORT" --catalog "$ROOT/include/catalog-local")"
+  info="$("$PY" -m delivery.devenv.airflow_server start --home "$STATE/airflow" --port "$PORT" --catalog "$ROOT/include/catalog-local")"
   "$PY" - "$info" "$STATE" <<'PYEOF'
 import json, sys
 info, state = json.loads(sys.argv[1]), sys.argv[2]
@@ -57,7 +57,7 @@ PYEOF
 
 stop() {
   step "Airflow"
-  if [ -x "$PY" ]; then "$PY" -m delivery.local.airflow_server stop --home "$STATE/airflow" || true; fi
+  if [ -x "$PY" ]; then "$PY" -m delivery.devenv.airflow_server stop --home "$STATE/airflow" || true; fi
   step "Demo containers"
   if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     ids="$(docker ps -aq --filter label=io.visiobook.managed-by=delivery)"

@@ -35,6 +35,22 @@ def airflow_db() -> Path:
     return Path(os.environ["AIRFLOW_HOME"])
 
 
+@pytest.fixture(scope="session")
+def registry() -> str:
+    return f"127.0.0.1:{os.environ.get('REGISTRY_PORT', '5000')}"
+
+
+@pytest.fixture(scope="session")
+def local_platform(registry: str) -> None:
+    """A real Docker engine, the image registry and the base images (started when missing, never skipped)."""
+    from delivery.devenv.platform import PlatformError, ensure_local_platform
+
+    try:
+        ensure_local_platform(registry_port=int(registry.rsplit(":", 1)[1]))
+    except PlatformError as err:
+        pytest.fail(f"the local platform (Docker engine, registry, base images) could not start:\n{err}")
+
+
 @pytest.fixture
 def slack() -> Iterator[object]:
     from tests.standins.slack_server import SlackStandIn

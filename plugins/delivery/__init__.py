@@ -4,8 +4,8 @@ The package turns a service catalog (``include/catalog``) into per-service
 delivery DAGs in three visible steps, in the manner of astronomer-cosmos:
 
 1. :mod:`delivery.catalog` parses YAML into validated, typed models;
-2. :mod:`delivery.plan` turns one service into a graph of steps (pure data);
-3. :mod:`delivery.factory` maps each step to an Airflow operator for the
+2. :mod:`delivery.pipeline.plan` turns one service into a graph of steps (pure data);
+3. :mod:`delivery.pipeline.factory` maps each step to an Airflow operator for the
    active :mod:`profile <delivery.profiles>` (``kubernetes`` or ``local``).
 
 The graph is the same in every profile; a profile only swaps runners and

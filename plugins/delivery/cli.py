@@ -27,7 +27,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     from delivery.catalog.toolchains import resolve_stages
-    from delivery.plan import build_plan
+    from delivery.pipeline.plan import build_plan
 
     for name, service in sorted(catalog.services.items()):
         try:
@@ -45,7 +45,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from delivery.catalog.toolchains import resolve_stages
-    from delivery.runners.kubernetes import render_pod
+    from delivery.profiles.kubernetes.pods import render_pod
 
     catalog, _ = load_catalog(args.catalog, strict=True)
     try:
@@ -71,7 +71,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from delivery.plan import build_plan
+    from delivery.pipeline.plan import build_plan
 
     catalog, _ = load_catalog(args.catalog, strict=True)
     plan = build_plan(catalog.service(args.service))

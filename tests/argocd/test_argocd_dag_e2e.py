@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.argocd.support import NEW_REV, OLD_REV, TOKEN
+from tests.helpers import ROOT
 from tests.standins.argocd_server import ArgoCDStandIn, rollout_degraded, rollout_ok
-
-ROOT = Path(__file__).resolve().parents[2]
 
 DAG_FILE = textwrap.dedent(
     f"""

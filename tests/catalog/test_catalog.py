@@ -14,8 +14,9 @@ from delivery.catalog import CatalogError, load_catalog
 from delivery.catalog.models import Profile, Stage
 from delivery.catalog.schema import SCHEMA_DIR, platform_schema, service_schema
 from delivery.catalog.toolchains import resolve_stages
+from tests.helpers import ROOT
 
-SHIPPED = Path(__file__).resolve().parents[2] / "include" / "catalog"
+SHIPPED = ROOT / "include" / "catalog"
 
 
 def test_shipped_catalog_has_the_three_visiobook_services() -> None:

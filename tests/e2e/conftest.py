@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from delivery.local.airflow_server import AirflowServer
+from delivery.devenv.airflow_server import AirflowServer
 from delivery.paths import PROJECT_ROOT
 
 DEMO = "visiobook-demo-web"
@@ -85,16 +85,9 @@ class LocalStack:
         )
 
 
-@pytest.fixture(scope="session")
-def local_platform() -> None:
-    from delivery.local.platform import ensure_local_platform
-
-    ensure_local_platform()
-
-
 @pytest.fixture(scope="module")
 def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    from delivery.local.demo import make_gitops_repo, make_service_repo
+    from delivery.devenv.demo import make_gitops_repo, make_service_repo
     from tests.standins.slack_server import SlackStandIn
 
     root = tmp_path_factory.mktemp("stack")

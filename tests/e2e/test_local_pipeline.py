@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from delivery.local.airflow_server import AirflowError
+from delivery.devenv.airflow_server import AirflowError
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from delivery.gitops import (
+from delivery.gitops.repo import (
     _CREDENTIAL_HELPER,
     GitCommandError,
     GitOpsError,
@@ -66,7 +66,7 @@ def test_missing_branch(remote: Remote, make_repo: RepoFactory) -> None:
 
 
 def test_credentials_never_leak(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("DEBUG", logger="delivery.gitops")
+    caplog.set_level("DEBUG", logger="delivery.gitops.repo")
     repo = GitOpsRepo(
         url="https://deployer:url-s3cret@127.0.0.1:9/visiobook/gitops.git",
         workdir=tmp_path / "work",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from delivery.gitops import (
+from delivery.gitops.repo import (
     GitOpsRepo,
     InvalidRequestError,
     NoStableReleaseError,

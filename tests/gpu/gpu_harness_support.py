@@ -13,8 +13,9 @@ from typing import Any
 import jsonschema
 
 from delivery.gpu.harness import load_result_schema
+from tests.helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = ROOT
 TESTS_DIR = Path(__file__).resolve().parent
 TINY_MODEL = "gpu_tiny_model:build"
 TINY_TESTS = f"{sys.executable} -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_tiny_inference.py"

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from tests.helpers import ROOT
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = ROOT
 MONITORING_DIR = REPO_ROOT / "include" / "monitoring"
 RULES_DIR = MONITORING_DIR / "prometheus" / "rules"
 RULE_TESTS_DIR = Path(__file__).resolve().parent / "rules_tests"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+from tests.helpers import ROOT
 
 if TYPE_CHECKING:
     import subprocess
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
     Run = Callable[..., subprocess.CompletedProcess[str]]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = ROOT
 ALERTMANAGER_CONFIG = REPO_ROOT / "include" / "monitoring" / "alertmanager" / "alertmanager.yml"
 SECRETS_DIR = "/etc/alertmanager/secrets/"
 ROLLBACK_WEBHOOK_URL = "http://127.0.0.1:8080/delivery/alertmanager/webhook"

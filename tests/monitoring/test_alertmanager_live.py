@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from tests.helpers import ROOT
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-ALERTMANAGER_CONFIG = Path(__file__).resolve().parents[2] / "include/monitoring/alertmanager/alertmanager.yml"
+ALERTMANAGER_CONFIG = ROOT / "include/monitoring/alertmanager/alertmanager.yml"
 
 SLACK_URL_SECRET = "slack-webhook"
 PAGERDUTY_KEY = "test-routing-key"

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from tests.helpers import ROOT
+
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable
 
     Run = Callable[..., subprocess.CompletedProcess[str]]
 
-MONITORING_DIR = Path(__file__).resolve().parents[2] / "include" / "monitoring"
+MONITORING_DIR = ROOT / "include" / "monitoring"
 DASHBOARD = MONITORING_DIR / "grafana" / "delivery-dashboard.json"
 README = MONITORING_DIR / "README.md"
 DCGM_METRICS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_GPU_TEMP"}

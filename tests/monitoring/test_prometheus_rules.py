@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pytest
 import yaml
 
+from tests.helpers import ROOT
+
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable
 
     Run = Callable[..., subprocess.CompletedProcess[str]]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = ROOT
 PROMETHEUS_DIR = REPO_ROOT / "include" / "monitoring" / "prometheus"
 RULES_DIR = PROMETHEUS_DIR / "rules"
 RULE_TESTS_DIR = Path(__file__).resolve().parent / "rules_tests"

@@ -31,10 +31,10 @@ import pytest
 import requests
 import yaml
 
-from delivery.gitops import GitOpsRepo, ReleaseMetadata
-from delivery.local.airflow_server import AirflowServer
+from delivery.devenv.airflow_server import AirflowServer
+from delivery.gitops.repo import GitOpsRepo, ReleaseMetadata
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
 DEMO_WEB = ROOT / "include" / "services" / "visiobook-demo-web"
 REGISTRY = "127.0.0.1:5000"
@@ -54,10 +54,11 @@ DAG_FILE = '''"""Test DAG file: the airflow rollback DAGs of the test catalog (o
 from __future__ import annotations
 
 from delivery.catalog import load_catalog
-from delivery.rollback_dag import build_rollback_dags
+from delivery.pipeline.factory import DagFactory
 
 _catalog, _ = load_catalog(strict=True)
-globals().update(build_rollback_dags(catalog=_catalog))
+_factory = DagFactory(catalog=_catalog)
+globals().update({s.rollback_dag_id: _factory.build_rollback(s) for s in _catalog.services.values()})
 '''
 
 
@@ -217,7 +218,8 @@ def _write_catalog(root: Path, *, gitops: Path, workspaces: Path, ports: dict[st
 
 def build_demo_image() -> tuple[str, str]:
     """(registry/repository, tag) of the demo web service, built from the local base image."""
-    from delivery.local import PlatformError, build_and_push, ensure_local_platform
+    from delivery.devenv.platform import PlatformError, ensure_local_platform
+    from delivery.profiles.local.images import build_and_push
 
     try:
         ensure_local_platform(registry_port=int(REGISTRY.rsplit(":", 1)[1]))
@@ -292,7 +294,7 @@ def rollback_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RollbackE
 
 
 def _remove_containers() -> None:
-    from delivery.local.containers import stop_release
+    from delivery.profiles.local.containers import stop_release
 
     for name in SERVICES:
         for environment in ("staging", "production"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from delivery.webhooks.alertmanager import WebhookBody, rollback_reason, rollback_run_id, triage
+from delivery.web.alertmanager import WebhookBody, rollback_reason, rollback_run_id, triage
 from tests.rollback.conftest import fixture_payload
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from delivery.local.containers import current_release
+from delivery.profiles.local.containers import current_release
 from tests.rollback.conftest import RollbackEnv
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from delivery.operators.review import KEEP, ROLL_BACK, HoldReviewOperator, VerificationRejected
+from delivery.verification.review import KEEP, ROLL_BACK, HoldReviewOperator, VerificationRejected
 
 
 class _TI:

@@ -13,15 +13,13 @@ import pytest
 from airflow.sdk import Connection
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
-from delivery.hooks.prometheus import (
+from delivery.integrations.prometheus import (
     PrometheusQueryError,
     PrometheusUnreachable,
     parse_query_response,
     settings_from_connection,
 )
-from delivery.operators.verify import VerifyReleaseOperator
-from delivery.triggers.analysis import AnalysisTrigger
-from delivery.verification import (
+from delivery.verification.analysis import (
     DECISION_HOLD,
     DECISION_PROMOTE,
     Analysis,
@@ -40,6 +38,8 @@ from delivery.verification import (
     resolve,
     run_analysis,
 )
+from delivery.verification.operator import VerifyReleaseOperator
+from delivery.verification.trigger import AnalysisTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -614,7 +614,7 @@ def test_trigger_serialization_round_trip() -> None:
     trigger = AnalysisTrigger(spec=spec().to_dict(), prometheus_conn_id="prom", query_timeout=3.0)
     classpath, kwargs = trigger.serialize()
     module_name, class_name = classpath.rsplit(".", 1)
-    assert classpath == "delivery.triggers.analysis.AnalysisTrigger"
+    assert classpath == "delivery.verification.trigger.AnalysisTrigger"
     rebuilt = getattr(importlib.import_module(module_name), class_name)(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
 

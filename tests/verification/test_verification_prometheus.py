@@ -20,10 +20,8 @@ import pytest
 import requests
 from airflow.sdk.exceptions import TaskDeferred
 
-from delivery.hooks.prometheus import PrometheusHook
-from delivery.operators.verify import VerifyReleaseOperator
-from delivery.triggers.analysis import AnalysisTrigger
-from delivery.verification import (
+from delivery.integrations.prometheus import PrometheusHook
+from delivery.verification.analysis import (
     DECISION_HOLD,
     DECISION_PROMOTE,
     Phase,
@@ -32,6 +30,8 @@ from delivery.verification import (
     VerifySpec,
     run_analysis,
 )
+from delivery.verification.operator import VerifyReleaseOperator
+from delivery.verification.trigger import AnalysisTrigger
 from tests.standins.exporter import MetricsExporter
 
 if TYPE_CHECKING:

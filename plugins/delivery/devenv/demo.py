@@ -1,0 +1,118 @@
+"""Turn the demo services into git repos, and seed the GitOps repo, for the local profile.
+
+    python -m delivery.devenv.demo setup [--state .local]
+
+For each service in ``include/services/<name>``:
+
+* a bare repo ``<state>/repos/<name>.git`` (what the pipeline clones), and
+* a working clone ``<state>/src/<name>`` with ``origin`` pointing at it, where
+  a newcomer edits, commits and pushes to start a pipeline.
+
+The GitOps repo ``<state>/gitops.git`` holds ``apps/<name>/values-<env>.yaml``,
+copied from each service's ``deploy/`` folder. Everything is idempotent:
+existing repos are left as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from delivery.paths import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+DEMO_SERVICES = ("visiobook-demo-web", "visiobook-inference")
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Visiobook Demo",
+    "GIT_AUTHOR_EMAIL": "demo@visiobook.invalid",
+    "GIT_COMMITTER_NAME": "Visiobook Demo",
+    "GIT_COMMITTER_EMAIL": "demo@visiobook.invalid",
+    "GIT_TERMINAL_PROMPT": "0",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+}
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    env = {**GIT_ENV, "HOME": tempfile.gettempdir()}
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def _ignore(_dir: str, names: list[str]) -> set[str]:
+    return {n for n in names if n in ("__pycache__", ".coverage") or n.endswith(".pyc")}
+
+
+def make_service_repo(name: str, *, state: Path) -> tuple[Path, Path]:
+    bare = state / "repos" / f"{name}.git"
+    work = state / "src" / name
+    if not bare.exists():
+        bare.parent.mkdir(parents=True, exist_ok=True)
+        git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
+    if not work.exists():
+        work.parent.mkdir(parents=True, exist_ok=True)
+        git("clone", "--quiet", str(bare), str(work))
+        git("checkout", "--quiet", "-B", "main", cwd=work)
+        if not git("ls-remote", "--heads", str(bare), "main"):
+            shutil.copytree(
+                PROJECT_ROOT / "include" / "services" / name, work, dirs_exist_ok=True, ignore=_ignore
+            )
+            git("add", "-A", cwd=work)
+            git("commit", "--quiet", "-m", f"{name}: initial import", cwd=work)
+            git("push", "--quiet", "origin", "main", cwd=work)
+    return bare, work
+
+
+def make_gitops_repo(*, state: Path, services: tuple[str, ...] = DEMO_SERVICES) -> Path:
+    bare = state / "gitops.git"
+    if bare.exists():
+        return bare
+    bare.parent.mkdir(parents=True, exist_ok=True)
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "gitops"
+        git("clone", "--quiet", str(bare), str(work))
+        git("checkout", "--quiet", "-B", "main", cwd=work)
+        for name in services:
+            for env in ("staging", "production"):
+                src = PROJECT_ROOT / "include" / "services" / name / "deploy" / f"values-{env}.yaml"
+                dest = work / "apps" / name / f"values-{env}.yaml"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, dest)
+        (work / "README.md").write_text(
+            "Desired state of every Visiobook environment. Written by the delivery pipelines.\n"
+        )
+        git("add", "-A", cwd=work)
+        git("commit", "--quiet", "-m", "Seed the desired state of the demo services", cwd=work)
+        git("push", "--quiet", "origin", "main", cwd=work)
+    return bare
+
+
+def setup(*, state: Path) -> dict[str, str]:
+    paths = {}
+    for name in DEMO_SERVICES:
+        _bare, work = make_service_repo(name, state=state)
+        paths[name] = str(work)
+    paths["gitops"] = str(make_gitops_repo(state=state))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["setup"])
+    parser.add_argument("--state", type=Path, default=PROJECT_ROOT / ".local")
+    args = parser.parse_args(argv)
+    for name, path in setup(state=args.state.resolve()).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

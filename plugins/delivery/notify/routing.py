@@ -1,0 +1,169 @@
+"""Pipeline events, their fixed severities, and where each one goes (pure).
+
+The severity of an event is fixed here; its destinations come from the
+catalog: ``platform.notifications`` gives the default route of each severity,
+and a service's ``notifications`` replaces a whole severity route (not single
+fields of it). :func:`route` turns that into a list of :class:`Destination`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from delivery.catalog.models import NotificationRoute, Platform, Service, Severity
+
+SLACK_API_CONN_ID = "slack_api"
+"""Slack Web API connection (conn_type ``slack``, password = bot token) used to post to channels.
+
+The catalog's ``connections.slack`` (``slack_delivery``) is an incoming webhook, which can only
+post to the one channel it was created for, so channel routing needs a bot token of its own.
+"""
+
+
+class PipelineEvent(StrEnum):
+    """What happened in a delivery pipeline run. The severity of each is fixed."""
+
+    PRODUCTION_DEPLOY_FAILED = "production_deploy_failed"
+    ROLLBACK_FAILED = "rollback_failed"
+    ROLLBACK_ABORTED = "rollback_aborted"
+    PRODUCTION_VERIFICATION_FAILED = "production_verification_failed"
+    STAGING_FAILED = "staging_failed"
+    APPROVAL_TIMED_OUT = "approval_timed_out"
+    VERIFICATION_INCONCLUSIVE = "verification_inconclusive"
+    APPROVAL_REQUESTED = "approval_requested"
+    DEPLOY_SUCCEEDED = "deploy_succeeded"
+    ROLLBACK_SUCCEEDED = "rollback_succeeded"
+
+    @property
+    def severity(self) -> Severity:
+        return EVENT_SEVERITY[self]
+
+    @property
+    def family(self) -> str:
+        """Events of one family share a PagerDuty incident (and so a dedup key)."""
+        return EVENT_FAMILY.get(self, self.value)
+
+    @property
+    def default_environment(self) -> str:
+        return "staging" if self is PipelineEvent.STAGING_FAILED else "production"
+
+
+EVENT_SEVERITY: dict[PipelineEvent, Severity] = {
+    PipelineEvent.PRODUCTION_DEPLOY_FAILED: Severity.P1,
+    PipelineEvent.ROLLBACK_FAILED: Severity.P1,
+    PipelineEvent.ROLLBACK_ABORTED: Severity.P1,
+    PipelineEvent.PRODUCTION_VERIFICATION_FAILED: Severity.P1,
+    PipelineEvent.STAGING_FAILED: Severity.P2,
+    PipelineEvent.APPROVAL_TIMED_OUT: Severity.P2,
+    PipelineEvent.VERIFICATION_INCONCLUSIVE: Severity.P2,
+    PipelineEvent.APPROVAL_REQUESTED: Severity.P3,
+    PipelineEvent.DEPLOY_SUCCEEDED: Severity.P3,
+    PipelineEvent.ROLLBACK_SUCCEEDED: Severity.P3,
+}
+
+PRODUCTION_FAILURE = "production_failure"
+"""The family of a broken production release: failed deploy or failed verification.
+
+A successful rollback restores service, so ``rollback_succeeded`` resolves this family.
+"""
+
+EVENT_FAMILY: dict[PipelineEvent, str] = {
+    PipelineEvent.PRODUCTION_DEPLOY_FAILED: PRODUCTION_FAILURE,
+    PipelineEvent.PRODUCTION_VERIFICATION_FAILED: PRODUCTION_FAILURE,
+    PipelineEvent.ROLLBACK_SUCCEEDED: PRODUCTION_FAILURE,
+}
+
+PAGERDUTY_SEVERITY: dict[Severity, str] = {
+    Severity.P1: "critical",
+    Severity.P2: "warning",
+    Severity.P3: "info",
+}
+
+
+class DestinationKind(StrEnum):
+    PAGERDUTY = "pagerduty"
+    SLACK = "slack"
+    EMAIL = "email"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Destination:
+    """One place a notification goes. ``target``: a Slack channel, an e-mail address, or ``events-v2``."""
+
+    kind: DestinationKind
+    target: str
+    conn_id: str
+    action: str = "send"
+    """``trigger`` or ``resolve`` for PagerDuty, ``send`` otherwise."""
+
+    def __str__(self) -> str:
+        suffix = f" ({self.action})" if self.kind is DestinationKind.PAGERDUTY else ""
+        return f"{self.kind.value}:{self.target}{suffix}"
+
+
+def effective_route(severity: Severity, *, service: Service, platform: Platform) -> NotificationRoute | None:
+    """The service's route of ``severity`` if it sets one, else the platform's default."""
+    own = getattr(service.notifications, severity.value)
+    return own if own is not None else getattr(platform.notifications, severity.value)
+
+
+def route(
+    event: PipelineEvent,
+    *,
+    service: Service,
+    platform: Platform,
+    slack_conn_id: str = SLACK_API_CONN_ID,
+) -> list[Destination]:
+    """Where ``event`` goes for ``service``: PagerDuty first, then Slack channels, then e-mail.
+
+    ``rollback_succeeded`` also resolves the PagerDuty incident of the production failure
+    when the P1 route pages, whatever its own (P3) route says.
+    """
+    event = PipelineEvent(event)
+    found = effective_route(event.severity, service=service, platform=platform)
+    destinations: list[Destination] = []
+    pagerduty_conn = platform.connections.pagerduty
+    if event is PipelineEvent.ROLLBACK_SUCCEEDED:
+        paging = effective_route(Severity.P1, service=service, platform=platform)
+        if paging is not None and paging.pagerduty:
+            destinations.append(
+                Destination(
+                    kind=DestinationKind.PAGERDUTY,
+                    target="events-v2",
+                    conn_id=pagerduty_conn,
+                    action="resolve",
+                )
+            )
+    elif found is not None and found.pagerduty:
+        destinations.append(
+            Destination(
+                kind=DestinationKind.PAGERDUTY, target="events-v2", conn_id=pagerduty_conn, action="trigger"
+            )
+        )
+    if found is not None:
+        destinations += [
+            Destination(kind=DestinationKind.SLACK, target=channel, conn_id=slack_conn_id)
+            for channel in dict.fromkeys(found.slack_channels)
+        ]
+        destinations += [
+            Destination(kind=DestinationKind.EMAIL, target=address, conn_id=platform.connections.smtp)
+            for address in dict.fromkeys(found.email)
+        ]
+    return destinations
+
+
+_KEY_PART = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def dedup_key(*, service: str, environment: str, dag_id: str, run_id: str, family: str) -> str:
+    """PagerDuty dedup key of one incident: the same for every try of every task of a run.
+
+    Readable prefix, then a hash of the whole identity (PagerDuty keys are at most 255 chars).
+    """
+    identity = "\x1f".join((service, environment, dag_id, run_id, family))
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
+    prefix = "/".join(_KEY_PART.sub("-", part)[:60] for part in ("delivery", service, environment, family))
+    return f"{prefix}/{digest}"

@@ -1,0 +1,54 @@
+"""What a profile decides: where stages run, where images go, how a release is applied and reached.
+
+The factory (:mod:`delivery.pipeline.factory`) renders every step of a plan by
+asking the active profile; it never tests which profile it has. A new profile
+is one module implementing :class:`DeliveryProfile`, listed in
+:data:`delivery.profiles.PROFILES`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from airflow.sdk import BaseOperator
+
+    from delivery.catalog.models import EnvironmentSpec, Platform, Profile, Service
+    from delivery.catalog.toolchains import ResolvedStage
+
+
+class DeliveryProfile(Protocol):
+    kind: Profile
+    description: str
+    """One line for the DAG docs: where stages run and where releases go."""
+    poke_interval: float
+    """Seconds between two probes of a deployed service (health checks)."""
+
+    def registry(self, platform: Platform) -> str:
+        """The image registry (host[:port]) releases are pushed to and pulled from."""
+
+    def stage_task(
+        self, *, service: Service, platform: Platform, stage: ResolvedStage, **operator_kwargs: Any
+    ) -> BaseOperator:
+        """The operator that runs one container stage of the catalog."""
+
+    def sync_task(
+        self,
+        *,
+        task_id: str,
+        service: Service,
+        platform: Platform,
+        environment: str | None,
+        commit_task: str,
+        plan_task: str | None,
+        timeout: timedelta,
+    ) -> BaseOperator:
+        """The operator that applies the GitOps revision written by ``commit_task``.
+
+        ``environment`` None: the rollback DAG's environment, read at run time from ``plan_task``.
+        """
+
+    def service_url(self, env: EnvironmentSpec) -> str:
+        """Base URL where this profile's deploy target serves an environment."""

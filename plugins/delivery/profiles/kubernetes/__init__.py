@@ -1,0 +1,1 @@
+"""The ``kubernetes`` profile (see :mod:`delivery.profiles.kubernetes.profile`)."""

@@ -1,0 +1,54 @@
+"""The ``kubernetes`` profile: every stage is a pod, releases go through GitOps and Argo CD."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from delivery.catalog.models import EnvironmentSpec, Platform, Profile, Service
+from delivery.catalog.toolchains import ResolvedStage
+
+
+class KubernetesProfile:
+    kind = Profile.KUBERNETES
+    description = "every stage is a pod, deploys go through GitOps and Argo CD"
+    poke_interval = 15.0
+
+    def registry(self, platform: Platform) -> str:
+        return platform.registry
+
+    def stage_task(
+        self, *, service: Service, platform: Platform, stage: ResolvedStage, **operator_kwargs: Any
+    ) -> Any:
+        from delivery.profiles.kubernetes.pods import pod_operator  # kubernetes client: this profile only
+
+        return pod_operator(service=service, platform=platform, stage=stage, **operator_kwargs)
+
+    def sync_task(
+        self,
+        *,
+        task_id: str,
+        service: Service,
+        platform: Platform,
+        environment: str | None,
+        commit_task: str,
+        plan_task: str | None,
+        timeout: timedelta,
+    ) -> Any:
+        from delivery.operators.argocd import ArgoCDSyncOperator  # Argo CD client: this profile only
+
+        if environment is None:  # the rollback DAG: the environment is chosen when it runs
+            app = "{{ ti.xcom_pull(task_ids='" + str(plan_task) + "')['argocd_app'] }}"
+        else:
+            app = getattr(service.environments, environment).argocd_app
+        return ArgoCDSyncOperator(
+            task_id=task_id,
+            app_name=app,
+            revision="{{ ti.xcom_pull(task_ids='" + commit_task + "')['revision'] }}",
+            argocd_conn_id=platform.connections.argocd,
+            timeout=timeout,
+            deferrable=True,
+        )
+
+    def service_url(self, env: EnvironmentSpec) -> str:
+        return env.url

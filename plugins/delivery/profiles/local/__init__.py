@@ -1,0 +1,1 @@
+"""The ``local`` profile (see :mod:`delivery.profiles.local.profile`)."""

@@ -1,0 +1,53 @@
+"""The ``local`` profile: one machine runs the stages, a local registry keeps the images, and
+containers on the local Docker engine are the deploy target (with GitOps semantics)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.python import PythonOperator
+
+from delivery.catalog.models import EnvironmentSpec, Platform, Profile, Service
+from delivery.catalog.toolchains import ResolvedStage
+from delivery.profiles.local.stages import local_stage_operator
+from delivery.profiles.local.steps import local_sync
+
+
+class LocalProfile:
+    kind = Profile.LOCAL
+    description = "stages run as shell commands in a per-run checkout, deploys go to the local Docker engine"
+    poke_interval = 5.0
+
+    def registry(self, platform: Platform) -> str:
+        return platform.local.registry
+
+    def stage_task(
+        self, *, service: Service, platform: Platform, stage: ResolvedStage, **operator_kwargs: Any
+    ) -> Any:
+        return local_stage_operator(service=service, platform=platform, stage=stage, **operator_kwargs)
+
+    def sync_task(
+        self,
+        *,
+        task_id: str,
+        service: Service,
+        platform: Platform,
+        environment: str | None,
+        commit_task: str,
+        plan_task: str | None,
+        timeout: timedelta,
+    ) -> Any:
+        return PythonOperator(
+            task_id=task_id,
+            python_callable=local_sync,
+            op_kwargs={
+                "service_name": service.name,
+                "environment": environment,
+                "commit_task": commit_task,
+                "plan_task": plan_task,
+            },
+        )
+
+    def service_url(self, env: EnvironmentSpec) -> str:
+        return f"http://127.0.0.1:{env.local_port}" if env.local_port else env.url

@@ -1,0 +1,98 @@
+"""Local runner: the same stages as shell commands in a per-run git workspace.
+
+This is how a shell runner works in other CI systems, with the safety a
+worker needs:
+
+* **workspace**: ``<workspace_root>/<service>/<run>``, a clone of the service
+  repo checked out (detached) at the run's commit, created under a file lock
+  by whichever stage needs it first, so reruns and parallel stages are safe;
+* **clean env**: the command sees only the stage contract
+  (:func:`delivery.pipeline.contract.stage_env`) plus ``PATH``, ``HOME`` and the
+  locale, never the worker's own environment (no Airflow secrets);
+* **timeout**: the stage's ``execution_timeout``; Airflow kills the process group;
+* **output** streams to the task log line by line;
+* **cleanup**: ``notify.outcome`` removes the run's workspace, and a stage
+  recreates it when a cleared task reruns later;
+* **helper services**: a ``test-db`` service is a throwaway PostgreSQL cluster
+  started from the host's PostgreSQL binaries for the stage's duration;
+* **GPU stages** on a machine without a GPU end as *skipped* with the reason
+  (``on_missing_gpu: skip``), fail (``fail``), or run the CPU path where the
+  catalog allows it (``allow_cpu_fallback``); never silently green.
+
+The container image of a stage is not used here: the host's toolchains run
+the command. Image stages use the Docker engine through the docker SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from typing import Any
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.operators.python import PythonOperator
+
+from delivery.catalog.loader import catalog_dir
+from delivery.catalog.models import Platform, Service, Stage
+from delivery.catalog.toolchains import ResolvedStage
+from delivery.paths import PROJECT_ROOT, project_path
+from delivery.pipeline.contract import RUN_KEY, stage_env
+from delivery.profiles.local import steps
+
+SKIP_EXIT_CODE = 99
+IMAGE_STAGES = {
+    Stage.IMAGE_BUILD: steps.local_image_build,
+    Stage.IMAGE_SCAN: steps.local_image_scan,
+    Stage.IMAGE_PUSH: steps.local_image_push,
+}
+
+
+def workspace_dir(platform: Platform, service: Service) -> str:
+    return str(project_path(platform.local.workspace_root) / service.name / RUN_KEY)
+
+
+def local_stage_operator(
+    *, service: Service, platform: Platform, stage: ResolvedStage, **operator_kwargs: Any
+) -> Any:
+    if stage.stage in IMAGE_STAGES:
+        return PythonOperator(
+            python_callable=IMAGE_STAGES[stage.stage],
+            op_kwargs={"service_name": service.name},
+            **operator_kwargs,
+        )
+    workspace = workspace_dir(platform, service)
+    if platform.local.runner == "docker":
+        from delivery.profiles.local.docker import docker_stage_operator
+
+        return docker_stage_operator(
+            service=service, platform=platform, stage=stage, host_workspace=workspace, **operator_kwargs
+        )
+    env = stage_env(
+        service=service, platform=platform, stage=stage, workspace=workspace, registry=platform.local.registry
+    )
+    env.update(
+        {
+            "PATH": os.pathsep.join(
+                [os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            ),
+            "HOME": workspace,
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
+            "DELIVERY_CATALOG_DIR": str(catalog_dir()),
+            "DELIVERY_PROFILE": "local",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    command = (
+        f"exec {shlex.quote(sys.executable)} -m delivery.profiles.local.shell "
+        f"--service {shlex.quote(service.name)} --stage {shlex.quote(stage.name)}"
+    )
+    return BashOperator(
+        bash_command=command,
+        env=env,
+        append_env=False,
+        skip_on_exit_code=SKIP_EXIT_CODE,
+        do_xcom_push=stage.stage is Stage.GPU_BENCHMARK,
+        **operator_kwargs,
+    )

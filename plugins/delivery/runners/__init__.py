@@ -1,3 +1,0 @@
-"""Runners execute a resolved container stage: Kubernetes pods or local shells."""
-
-from __future__ import annotations

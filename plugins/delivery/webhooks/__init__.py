@@ -1,6 +1,0 @@
-"""Inbound webhooks served by the delivery plugin app (see :mod:`delivery.api`).
-
-* :mod:`delivery.webhooks.github`: signed Git events start delivery runs (``/delivery/webhooks/github``).
-"""
-
-from __future__ import annotations

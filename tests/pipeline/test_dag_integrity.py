@@ -1,0 +1,197 @@
+"""DAG integrity: the DAG files import cleanly, every service yields its DAG, and the edges follow the seed."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from delivery.catalog import load_catalog
+from delivery.pipeline.plan import build_plan
+from tests.helpers import ROOT
+
+SERVICES = ("visiobook-web", "visiobook-api", "visiobook-inference")
+
+# The seed's order, one representative task per stage (flows 1-4, 6).
+SEED_ORDER = [
+    "validate.checkout",
+    "validate.lint",
+    "build_and_test.build",
+    "build_and_test.unit_tests",
+    "build_and_test.integration_tests",
+    "build_and_test.coverage",
+    "image.build",
+    "image.scan",
+    "image.push",
+    "deploy_staging.gitops_commit",
+    "deploy_staging.health_check",
+    "integration.staging_tests",
+    "approval.approve_production",
+    "deploy_production.gitops_commit",
+    "deploy_production.health_check",
+    "verify_production.verify",
+]
+
+
+@pytest.fixture(scope="module", params=["kubernetes", "local"])
+def dagbag(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    from airflow.dag_processing.dagbag import DagBag
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DELIVERY_PROFILE", request.param)
+    try:
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+    finally:
+        mp.undo()
+    bag.profile = request.param  # type: ignore[attr-defined]
+    return bag
+
+
+def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
+    assert dagbag.import_errors == {}
+
+
+def test_each_service_yields_its_dag_tagged_with_the_profile(dagbag) -> None:  # type: ignore[no-untyped-def]
+    for name in SERVICES:
+        dag_id = "deliver_" + name.replace("-", "_")
+        dag = dagbag.dags[dag_id]
+        assert f"profile:{dagbag.profile}" in dag.tags
+        assert f"**Profile:** `{dagbag.profile}`" in dag.doc_md
+        assert f"service:{name}" in dag.tags
+
+
+def _reachable(dag, start: str) -> set[str]:  # type: ignore[no-untyped-def]
+    seen, todo = set(), [start]
+    while todo:
+        task = dag.get_task(todo.pop())
+        for down in task.downstream_task_ids:
+            if down not in seen:
+                seen.add(down)
+                todo.append(down)
+    return seen
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_edges_follow_the_seed_order(dagbag, name: str) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["deliver_" + name.replace("-", "_")]
+    order = list(SEED_ORDER)
+    if name == "visiobook-inference":
+        order[order.index("deploy_staging.gitops_commit") : order.index("deploy_staging.gitops_commit")] = [
+            "gpu_tests.inference",
+            "gpu_tests.benchmark",
+            "gpu_tests.budget_gate",
+        ]
+    else:
+        assert not [t for t in dag.task_ids if t.startswith("gpu_tests.")]
+    for earlier, later in itertools.pairwise(order):
+        assert later in _reachable(dag, earlier), f"{later} must come after {earlier}"
+        assert earlier not in _reachable(dag, later), f"{earlier} must not come after {later}"
+    # Pull requests stop before the image: the release gate sits between tests and image.
+    assert dag.get_task("image.build").upstream_task_ids == {"build_and_test.release_gate"}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_rollback_runs_only_when_production_fails(dagbag, name: str) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["deliver_" + name.replace("-", "_")]
+    plan_task = dag.get_task("rollback.plan")
+    assert plan_task.trigger_rule == "one_failed"
+    production = {t for t in dag.task_ids if t.startswith("deploy_production.")}
+    assert production >= {
+        "deploy_production.gitops_commit",
+        "deploy_production.sync",
+        "deploy_production.health_check",
+    }
+    assert ("deploy_production.gpu_health" in production) == (name == "visiobook-inference")
+    assert plan_task.upstream_task_ids == production | {
+        "verify_production.verify",
+        "verify_production.review",
+    }
+    assert "rollback.health_check" in _reachable(dag, "rollback.plan")
+    assert {"notify.summary", "notify.outcome"} <= _reachable(dag, "rollback.plan")
+    assert dag.get_task("notify.outcome").trigger_rule == "all_done"
+    # A gate sits before the revert (seed flow 6): it asks a human when a DB migration is undone,
+    # and its Abort branches to rollback.aborted, which reverts nothing.
+    gate = dag.get_task("rollback.migration_gate")
+    assert gate.upstream_task_ids == {"rollback.plan"}
+    assert gate.downstream_task_ids == {"rollback.revert", "rollback.aborted"}
+    assert gate.options_mapping == {"Continue": "rollback.revert", "Abort": "rollback.aborted"}
+    assert gate.defaults == ["Abort"]
+
+
+def test_approval_is_a_hitl_operator_with_assigned_approvers_and_reject_default(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    catalog, _ = load_catalog()
+    for name in SERVICES:
+        task = dagbag.dags["deliver_" + name.replace("-", "_")].get_task("approval.approve_production")
+        assert isinstance(task, ApprovalOperator)
+        assert [u["id"] for u in task.assigned_users] == catalog.service(name).approvers
+        assert task.defaults == ["Reject"]
+        assert task.response_timeout == catalog.service(name).approval_timeout
+
+
+def test_every_task_notifies_slack_on_failure(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from delivery.notify.failure import SafeNotifier
+
+    dag = dagbag.dags["deliver_visiobook_web"]
+    for task in dag.tasks:
+        if task.task_id == "notify.outcome":
+            continue  # the summary already told Slack; the outcome only sets the run's state
+        callbacks = (
+            task.on_failure_callback
+            if isinstance(task.on_failure_callback, list)
+            else [task.on_failure_callback]
+        )
+        assert any(isinstance(cb, SafeNotifier) for cb in callbacks), task.task_id
+
+
+def test_trigger_form_params(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["deliver_visiobook_api"]
+    params = dag.params
+    for key in (
+        "ref",
+        "sha",
+        "pipeline",
+        "repository",
+        "before",
+        "author",
+        "pr_number",
+        "compare_url",
+        "event",
+    ):
+        assert key in params, key
+    assert params["ref"] == "main"
+    assert params["pipeline"] == "full"
+
+
+def test_kubernetes_profile_uses_pod_operators_for_every_stage() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DELIVERY_PROFILE", "kubernetes")
+    try:
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+    finally:
+        mp.undo()
+    catalog, _ = load_catalog()
+    for name in SERVICES:
+        dag = bag.dags["deliver_" + name.replace("-", "_")]
+        plan = build_plan(catalog.service(name))
+        stage_tasks = [s.task_id for s in plan.steps if s.kind.value == "stage"]
+        assert stage_tasks
+        for task_id in stage_tasks:
+            task = dag.get_task(task_id)
+            assert isinstance(task, KubernetesPodOperator), task_id
+            assert task.deferrable is True
+
+
+def test_bad_profile_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from delivery.profiles import ProfileError, active_profile
+
+    catalog, _ = load_catalog()
+    monkeypatch.setenv("DELIVERY_PROFILE", "cloud")
+    with pytest.raises(
+        ProfileError, match=r"DELIVERY_PROFILE='cloud' is not a profile; use kubernetes \| local"
+    ):
+        active_profile(catalog.platform)

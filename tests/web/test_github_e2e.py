@@ -1,0 +1,214 @@
+"""End to end with a real Airflow (``airflow standalone``): deliveries create exactly the expected runs.
+
+One Airflow per module (about 30 s to start). Its catalog is include/catalog-local
+with the repositories pointed at bare repos in a temporary folder; the webhook
+secret comes from ``AIRFLOW_CONN_GITHUB_WEBHOOK``. The delivery DAGs stay paused:
+runs are created (queued) and inspected through the REST API, not executed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from delivery.devenv.airflow_server import AirflowServer
+from tests.web.support import SECRET, commit, encode, headers, make_catalog, make_repo, payload
+
+pytestmark = pytest.mark.e2e
+
+WEB = "deliver_visiobook_demo_web"
+INFERENCE = "deliver_visiobook_inference"
+POLLER = "git_poll_visiobook_demo_web"
+MAX_BYTES = 256 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Env:
+    def __init__(self, server: AirflowServer, work: Path) -> None:
+        self.server = server
+        self.work = work
+        self.url = f"{server.base_url}/delivery/webhooks/github"
+
+    def post(self, data: dict[str, Any] | bytes, *, event: str = "push", **kw: Any) -> requests.Response:
+        body = data if isinstance(data, bytes) else encode(data)
+        hdrs = headers(body, event=event, delivery=kw.pop("delivery", None), secret=kw.pop("secret", SECRET))
+        hdrs.update(kw.pop("extra_headers", {}))
+        return requests.post(self.url, data=kw.pop("content", body), headers=hdrs, timeout=30)
+
+    def runs(self, dag_id: str) -> dict[str, dict[str, Any]]:
+        data = self.server.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 500})
+        return {r["dag_run_id"]: r for r in data["dag_runs"]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("webhooks-e2e")
+    web, work = make_repo(tmp, "visiobook-demo-web")
+    inference, _ = make_repo(tmp, "visiobook-inference")
+    catalog = make_catalog(tmp, repos={"visiobook-demo-web": web, "visiobook-inference": inference})
+    server = AirflowServer(
+        home=tmp / "airflow",
+        port=free_port(),
+        catalog_dir=catalog,
+        env={
+            "AIRFLOW_CONN_GITHUB_WEBHOOK": json.dumps({"conn_type": "generic", "password": SECRET}),
+            "DELIVERY_WEBHOOK_MAX_BYTES": str(MAX_BYTES),
+            "DELIVERY_POLL_INTERVAL": "2",
+            "DELIVERY_POLL_TIMEOUT": "6",
+        },
+    )
+    server.start()
+    try:
+        for dag in (WEB, INFERENCE, POLLER):
+            server.wait_dag(dag)
+        yield Env(server, work)
+    finally:
+        server.destroy()
+
+
+def test_push_to_main_creates_one_full_run(env: Env) -> None:
+    before = set(env.runs(WEB))
+    resp = env.post(payload("push-main"))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "triggered"
+    (created,) = body["runs"]
+    assert created["dag_id"] == WEB
+    new = set(env.runs(WEB)) - before
+    assert new == {created["run_id"]}
+    run = env.runs(WEB)[created["run_id"]]
+    assert run["conf"]["pipeline"] == "full"
+    assert run["conf"]["ref"] == "refs/heads/main"
+    assert run["conf"]["sha"] == "9f3e2d1c0b4a59687766554433221100ffeeddcc"
+    assert run["conf"]["event"] == "push" and run["conf"]["author"] == "alice"
+    assert run["state"] == "queued" and run["run_type"] == "manual"
+    assert not env.runs(INFERENCE)
+
+
+def test_tag_pr_and_ping(env: Env) -> None:
+    tag = env.post(payload("push-tag")).json()
+    pr = env.post(payload("pull-request-opened"), event="pull_request").json()
+    ping = env.post(payload("ping", fresh=False), event="ping")
+    assert ping.status_code == 200 and ping.json()["status"] == "pong"
+    runs = env.runs(WEB)
+    tag_conf = runs[tag["runs"][0]["run_id"]]["conf"]
+    assert (tag_conf["event"], tag_conf["pipeline"], tag_conf["ref"]) == ("tag", "full", "refs/tags/v1.4.0")
+    pr_conf = runs[pr["runs"][0]["run_id"]]["conf"]
+    assert (pr_conf["event"], pr_conf["pipeline"], pr_conf["pr_number"]) == ("pull_request", "ci", 7)
+    assert pr_conf["ref"] == "refs/pull/7/head" and pr_conf["author"] == "bob"
+
+
+def test_refusals_create_no_run(env: Env) -> None:
+    before = set(env.runs(WEB))
+    data = payload("push-main", after="ab" * 20)
+    body = encode(data)
+    assert env.post(data, secret=None).status_code == 401
+    assert env.post(data, secret="wrong").status_code == 401
+    assert env.post(body, content=body[:-20]).status_code == 401  # truncated after signing
+    assert env.post(body[:-20]).status_code == 400  # signed, but not JSON
+    wrong_type = env.post(data, extra_headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert wrong_type.status_code == 400
+    big = payload("push-main", padding="x" * (MAX_BYTES + 1))
+    try:
+        code = env.post(big).status_code
+    except requests.ConnectionError:  # the server may close before the client finished sending
+        code = 413
+    assert code == 413
+    assert env.post({"zen": "x"}, event="issues").status_code == 202
+    deleted = env.post(payload("push-tag-deleted"))
+    assert deleted.status_code == 200 and deleted.json()["status"] == "ignored"
+    stale = payload("push-main")
+    stale["repository"]["pushed_at"] = int(time.time()) - 7200
+    assert env.post(stale).status_code == 422
+    assert set(env.runs(WEB)) == before
+
+
+def test_replayed_delivery_is_a_duplicate(env: Env) -> None:
+    data = payload("push-main", after="cd" * 20)
+    first = env.post(data, delivery="replay-1")
+    assert first.json()["status"] == "triggered"
+    count = len(env.runs(WEB))
+    again = env.post(data, delivery="replay-1")
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert len(env.runs(WEB)) == count
+
+
+def test_fifty_parallel_deliveries_with_duplicates(env: Env) -> None:
+    before = set(env.runs(WEB))
+    distinct = []
+    for i in range(10):
+        data = payload("push-main", after=f"{i + 1:02x}" * 20)
+        distinct.append((encode(data), f"parallel-{uuid.uuid4()}"))
+    jobs = [d for d in distinct for _ in range(5)]  # 50 requests, each delivery 5 times
+
+    def send(job: tuple[bytes, str]) -> tuple[int, str]:
+        resp = env.post(job[0], delivery=job[1])
+        return resp.status_code, resp.json()["status"]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(send, jobs))
+    elapsed = time.monotonic() - started
+    assert all(code == 200 for code, _ in results), results
+    statuses = [s for _, s in results]
+    assert statuses.count("triggered") == 10 and statuses.count("duplicate") == 40
+    new = set(env.runs(WEB)) - before
+    assert len(new) == 10
+    shas = {env.runs(WEB)[r]["conf"]["sha"] for r in new}
+    assert shas == {f"{i + 1:02x}" * 20 for i in range(10)}
+    assert elapsed < 30
+
+
+def _poll_runs(env: Env) -> list[dict[str, Any]]:
+    return [r for r in env.runs(WEB).values() if (r.get("conf") or {}).get("event") == "poll"]
+
+
+def _wait_poller_idle(env: Env, *, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        active = [r for r in env.runs(POLLER).values() if r["state"] in ("queued", "running")]
+        if not active:
+            return
+        time.sleep(1)
+    raise AssertionError(f"poller still busy: {env.runs(POLLER)}")
+
+
+def _run_poller(env: Env) -> None:
+    run_id = env.server.trigger(POLLER, conf={})
+    state = env.server.wait_run(POLLER, run_id, timeout=120)
+    assert state == "success", env.server.task_states(POLLER, run_id)
+
+
+def test_poller_triggers_once_per_new_head_and_not_after_a_restart(env: Env) -> None:
+    env.server.unpause(POLLER)
+    try:
+        _run_poller(env)  # the first poll records a baseline
+        state = env.server.api("GET", "/variables/delivery_poller_state")
+        assert "visiobook-demo-web" in state["value"]
+        assert _poll_runs(env) == []
+        sha = commit(env.work)
+        _run_poller(env)
+        _wait_poller_idle(env)
+        polled = _poll_runs(env)
+        assert [r["conf"]["sha"] for r in polled] == [sha]
+        assert polled[0]["conf"]["pipeline"] == "full" and polled[0]["conf"]["ref"] == "refs/heads/main"
+        assert polled[0]["dag_run_id"].startswith("git__poll__")
+        assert sha in env.server.api("GET", "/variables/delivery_poller_state")["value"]
+        _run_poller(env)  # a new run reads the persisted state: nothing new
+        assert len(_poll_runs(env)) == 1
+    finally:
+        env.server.api("PATCH", f"/dags/{POLLER}", json={"is_paused": True})

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.argocd.support import NEW_REV, OLD_REV, TOKEN
-from tests.standins.argocd_server import ArgoCDStandIn, rollout_degraded, rollout_ok
+from tests.standins.argocd_server import GITOPS_REPO, ArgoCDStandIn, rollout_degraded, rollout_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +33,8 @@ DAG_FILE = textwrap.dedent(
                 app_name=app,
                 revision="{{{{ params.rev }}}}",
                 argocd_conn_id="argocd_test",
+                project="visiobook",
+                gitops_repo_url="{GITOPS_REPO}",
                 poll_interval=0.1,
                 timeout=30,
             )
@@ -66,8 +68,9 @@ def test_dag_defers_to_the_trigger_and_resumes(tmp_path: Path) -> None:
     (tmp_path / "driver.py").write_text(DRIVER)
 
     with ArgoCDStandIn(token=TOKEN) as server:
-        server.add_app("visiobook-api", deployed_revision=OLD_REV, scenario=rollout_ok())
-        server.add_app("visiobook-worker", deployed_revision=OLD_REV, scenario=rollout_degraded())
+        for app, scenario in (("visiobook-api", rollout_ok()), ("visiobook-worker", rollout_degraded())):
+            server.add_app(app, deployed_revision=OLD_REV, scenario=scenario, project="visiobook")
+        server.push(NEW_REV, apps=["visiobook-api", "visiobook-worker"])  # the pipeline's GitOps commit
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(tmp_path),

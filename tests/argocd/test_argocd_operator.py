@@ -7,11 +7,38 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
-from delivery.hooks.argocd import ArgoCDAuthError, ArgoCDDeploymentError, ArgoCDError, ArgoCDNotFoundError
+from delivery.hooks.argocd import (
+    ArgoCDAuthError,
+    ArgoCDConfigurationError,
+    ArgoCDDeploymentError,
+    ArgoCDError,
+    ArgoCDHook,
+    ArgoCDNotFoundError,
+)
 from delivery.operators.argocd import ArgoCDSyncOperator
 from delivery.triggers.argocd import ArgoCDSyncTrigger
-from tests.argocd.support import APP, CONN_ID, DEST_NAMESPACE, NEW_REV, OLD_REV, TOKEN, first_event
-from tests.standins.argocd_server import ArgoCDStandIn, never_healthy, rollout_degraded, rollout_ok
+from tests.argocd.support import (
+    APP,
+    CONN_ID,
+    DEST_NAMESPACE,
+    NEW_REV,
+    OLD_REV,
+    OTHER_APP,
+    OTHER_REV,
+    PROJECT,
+    TOKEN,
+    first_event,
+    release,
+)
+from tests.standins.argocd_server import (
+    GITOPS_REPO,
+    ArgoCDStandIn,
+    Frame,
+    Push,
+    never_healthy,
+    rollout_degraded,
+    rollout_ok,
+)
 
 CONTEXT: Any = {}
 
@@ -22,6 +49,8 @@ def _operator(**overrides: Any) -> ArgoCDSyncOperator:
         "app_name": APP,
         "revision": NEW_REV,
         "argocd_conn_id": CONN_ID,
+        "project": PROJECT,
+        "gitops_repo_url": GITOPS_REPO,
         "poll_interval": 0.05,
         "timeout": 10.0,
     }
@@ -33,6 +62,11 @@ def _defer(operator: ArgoCDSyncOperator) -> TaskDeferred:
     with pytest.raises(TaskDeferred) as excinfo:
         operator.execute(CONTEXT)
     return excinfo.value
+
+
+def _round_trip(operator: ArgoCDSyncOperator) -> dict[str, Any]:
+    """execute -> defer -> the trigger's event -> execute_complete, as Airflow runs them."""
+    return operator.execute_complete(CONTEXT, event=first_event(_defer(operator).trigger))
 
 
 # ---------------------------------------------------------------------------------- construction
@@ -47,6 +81,8 @@ def _defer(operator: ArgoCDSyncOperator) -> TaskDeferred:
         ({"revision": ""}, ""),
         ({"revision": "main branch"}, "main branch"),
         ({"revision": None}, None),
+        ({"project": "Visio Book"}, "Visio Book"),
+        ({"app_namespace": 3}, 3),
         ({"poll_interval": 0}, 0),
         ({"poll_interval": "10"}, "10"),
         ({"timeout": -5}, -5),
@@ -75,9 +111,10 @@ def test_templated_values_and_timedeltas_are_accepted() -> None:
     operator = _operator(
         app_name="{{ params.app }}",
         revision="{{ ti.xcom_pull(task_ids='bump') }}",
+        project="{{ params.project }}",
         timeout=timedelta(minutes=20),
     )
-    assert operator.template_fields == ("app_name", "revision")
+    assert operator.template_fields == ("app_name", "revision", "project", "app_namespace")
     assert operator.timeout == 1200.0
 
 
@@ -91,51 +128,62 @@ def test_rendered_values_are_checked_again_at_execute(argocd_conn: str) -> None:
 # ---------------------------------------------------------------------------------- deferrable path
 
 
-def test_execute_syncs_then_defers_to_the_trigger(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
-    argocd_server.add_app(APP, deployed_revision=OLD_REV)
+def test_execute_reads_the_app_syncs_then_defers(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
+    release(argocd_server)
 
     deferred = _defer(_operator(timeout=120.0, prune=True))
 
+    (read,) = argocd_server.requests_to("GET", f"/applications/{APP}")
+    assert read.query == {"project": [PROJECT]}
     (sync,) = argocd_server.requests_to("POST", f"/applications/{APP}/sync")
-    assert sync.body["revision"] == NEW_REV
-    assert sync.body["prune"] is True
+    assert sync.body == {"name": APP, "revision": NEW_REV, "prune": True, "dryRun": False, "project": PROJECT}
     assert sync.headers["authorization"] == f"Bearer {TOKEN}"
     assert deferred.method_name == "execute_complete"
     assert isinstance(deferred.trigger, ArgoCDSyncTrigger)
     classpath, kwargs = deferred.trigger.serialize()
     assert classpath == "delivery.triggers.argocd.ArgoCDSyncTrigger"
     assert (kwargs["app_name"], kwargs["revision"], kwargs["argocd_conn_id"]) == (APP, NEW_REV, CONN_ID)
+    assert (kwargs["expected_revisions"], kwargs["project"], kwargs["prune"]) == ([NEW_REV], PROJECT, True)
     assert kwargs["timeout"] == 120.0
     assert isinstance(deferred.timeout, timedelta)
     assert deferred.timeout > timedelta(seconds=120)
 
 
 def test_full_deferral_round_trip_success(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
-    argocd_server.add_app(APP, deployed_revision=OLD_REV, scenario=rollout_ok())
-    operator = _operator()
+    release(argocd_server, scenario=rollout_ok())
 
-    deferred = _defer(operator)
-    event = first_event(deferred.trigger)
-    result = operator.execute_complete(CONTEXT, event=event)
-
-    assert result == {
+    assert _round_trip(_operator()) == {
         "app": APP,
         "revision": NEW_REV,
-        "sync_revision": NEW_REV,
-        "health": "Healthy",
+        "applied_revision": NEW_REV,
+        "head_revision": NEW_REV,
         "sync": "Synced",
+        "health": "Healthy",
     }
 
 
+def test_another_services_commit_while_the_deploy_waits(
+    argocd_server: ArgoCDStandIn, argocd_conn: str
+) -> None:
+    argocd_server.add_app(OTHER_APP, deployed_revision=OLD_REV)
+    frames = [
+        Frame(phase="Running"),
+        Frame(phase="Running", applied=True, health="Progressing", push=Push(OTHER_REV, apps=(OTHER_APP,))),
+        Frame(),
+    ]
+    release(argocd_server, scenario=frames)
+
+    result = _round_trip(_operator())
+
+    assert (result["applied_revision"], result["head_revision"]) == (NEW_REV, OTHER_REV)
+    assert (result["sync"], result["health"]) == ("Synced", "Healthy")
+
+
 def test_full_deferral_round_trip_degraded(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
-    argocd_server.add_app(
-        APP, deployed_revision=OLD_REV, scenario=rollout_degraded(), dest_namespace=DEST_NAMESPACE
-    )
-    operator = _operator()
-    event = first_event(_defer(operator).trigger)
+    release(argocd_server, scenario=rollout_degraded())
 
     with pytest.raises(ArgoCDDeploymentError) as excinfo:
-        operator.execute_complete(CONTEXT, event=event)
+        _round_trip(_operator())
 
     message = str(excinfo.value)
     assert isinstance(excinfo.value, AirflowException)
@@ -148,12 +196,10 @@ def test_full_deferral_round_trip_degraded(argocd_server: ArgoCDStandIn, argocd_
 
 
 def test_full_deferral_round_trip_timeout(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
-    argocd_server.add_app(APP, deployed_revision=OLD_REV, scenario=never_healthy())
-    operator = _operator(timeout=0.4)
-    event = first_event(_defer(operator).trigger)
+    release(argocd_server, scenario=never_healthy())
 
     with pytest.raises(ArgoCDDeploymentError, match=r"within 0\.4s; last observed sync=Synced") as excinfo:
-        operator.execute_complete(CONTEXT, event=event)
+        _round_trip(_operator(timeout=0.4))
     assert "health=Progressing" in str(excinfo.value)
     assert "ImagePullBackOff" in str(excinfo.value)
 
@@ -168,6 +214,7 @@ def test_full_deferral_round_trip_timeout(argocd_server: ArgoCDStandIn, argocd_c
         ),
         ({"status": "error", "error_type": "not_found", "message": "gone"}, ArgoCDNotFoundError, "gone"),
         ({"status": "error", "error_type": "api", "message": "503s"}, ArgoCDError, "503s"),
+        ({"status": "failed", "state": "suspended", "message": "paused"}, ArgoCDDeploymentError, "paused"),
         (None, ArgoCDError, "ended without an event"),
     ],
 )
@@ -179,7 +226,7 @@ def test_execute_complete_errors(event: dict[str, Any] | None, error: type[Excep
 def test_auth_error_at_sync_time_hides_the_token(
     argocd_server: ArgoCDStandIn, bad_token_conn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argocd_server.add_app(APP, deployed_revision=OLD_REV)
+    release(argocd_server)
     with pytest.raises(ArgoCDAuthError, match=f"connection {CONN_ID!r}") as excinfo:
         _operator().execute(CONTEXT)
     captured = capsys.readouterr()
@@ -188,53 +235,161 @@ def test_auth_error_at_sync_time_hides_the_token(
         assert "wrong-token" not in text
 
 
+# ---------------------------------------------------------------------------------- before the sync
+
+
+def test_a_mistyped_app_name_is_not_found_in_its_project(
+    argocd_server: ArgoCDStandIn, argocd_conn: str
+) -> None:
+    release(argocd_server)
+    with pytest.raises(
+        ArgoCDNotFoundError, match="'visiobook-apy-staging' was not found in project 'visiobook'"
+    ):
+        _operator(app_name="visiobook-apy-staging").execute(CONTEXT)
+    assert not argocd_server.requests_to("POST")
+
+
+def test_without_a_project_a_mistyped_name_is_a_403_naming_both_causes(
+    argocd_server: ArgoCDStandIn, argocd_conn: str
+) -> None:
+    release(argocd_server)
+    with pytest.raises(ArgoCDAuthError, match="also answers 403 for an application that does not exist"):
+        _operator(app_name="visiobook-apy-staging", project="").execute(CONTEXT)
+    assert argocd_server.requests_to("GET")[0].query == {}  # an empty rendered project is not sent
+
+
+def test_automated_sync_is_refused_before_syncing(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
+    release(argocd_server, auto_sync=True)
+    with pytest.raises(ArgoCDConfigurationError, match=r"remove spec\.syncPolicy\.automated"):
+        _operator().execute(CONTEXT)
+    assert not argocd_server.requests_to("POST")
+
+
+def test_an_app_in_another_namespace(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
+    argocd_server.enabled_namespaces = ("team-a",)
+    release(argocd_server, namespace="team-a")
+
+    result = _round_trip(_operator(app_namespace="team-a"))
+
+    assert result["health"] == "Healthy"
+    (sync,) = argocd_server.requests_to("POST", "/sync")
+    assert (sync.body["appNamespace"], sync.body["project"]) == ("team-a", PROJECT)
+    assert {tuple(r.query.get("appNamespace", [])) for r in argocd_server.requests_to("GET")} == {("team-a",)}
+
+
+def test_multi_source_app_syncs_its_gitops_source(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
+    release(argocd_server, multi_source=True)
+
+    result = _round_trip(_operator())
+
+    (sync,) = argocd_server.requests_to("POST", "/sync")
+    assert (sync.body["revisions"], sync.body["sourcePositions"]) == ([NEW_REV], [2])
+    assert "revision" not in sync.body
+    assert (result["applied_revision"], result["head_revision"]) == (f"1.4.2,{NEW_REV}", f"1.4.2,{NEW_REV}")
+
+
+def test_multi_source_app_without_the_gitops_repo_is_refused(
+    argocd_server: ArgoCDStandIn, argocd_conn: str
+) -> None:
+    release(argocd_server, multi_source=True)
+    with pytest.raises(ArgoCDConfigurationError, match="Pass gitops_repo_url"):
+        _operator(gitops_repo_url=None).execute(CONTEXT)
+    assert not argocd_server.requests_to("POST")
+
+
+def test_sync_options_keep_the_apps_own(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
+    release(argocd_server)
+    _defer(_operator(sync_options=["ServerSideApply=true", "ApplyOutOfSyncOnly=false"]))
+    (sync,) = argocd_server.requests_to("POST", "/sync")
+    assert sync.body["syncOptions"] == {
+        "items": ["CreateNamespace=true", "ServerSideApply=true", "ApplyOutOfSyncOnly=false"]
+    }
+    operation = argocd_server.application(APP)["operation"]["sync"]
+    assert "CreateNamespace=true" in operation["syncOptions"]
+
+
+def test_no_sync_options_sends_none(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
+    release(argocd_server)
+    _defer(_operator())
+    (sync,) = argocd_server.requests_to("POST", "/sync")
+    assert "syncOptions" not in sync.body
+    operation = argocd_server.application(APP)["operation"]["sync"]
+    assert operation["syncOptions"] == ["CreateNamespace=true", "ApplyOutOfSyncOnly=true"]
+
+
 # ---------------------------------------------------------------------------------- operation in progress
 
 
 def test_sync_waits_while_another_operation_is_in_progress(
     argocd_server: ArgoCDStandIn, argocd_conn: str
 ) -> None:
-    argocd_server.add_app(APP, deployed_revision=OLD_REV, busy_syncs=2)
+    release(argocd_server, scenario=[Frame(phase="Running"), Frame(phase="Running"), Frame()])
+    someone = ArgoCDHook(argocd_conn_id=CONN_ID)
+    someone.sync(APP, NEW_REV)  # someone else's sync, not finished yet
 
-    _defer(_operator())
+    operator = _operator()
+    sync = operator.hook.sync
 
-    assert len(argocd_server.requests_to("POST", "/sync")) == 3
+    def sync_while_the_controller_works(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return sync(*args, **kwargs)
+        finally:
+            someone.get_application(APP)  # the stand-in's controller moves one step per GET
+
+    operator.hook.sync = sync_while_the_controller_works  # type: ignore[method-assign]
+    deferred = _defer(operator)
+
+    posts = argocd_server.requests_to("POST", "/sync")
+    # someone's sync, then ours: refused while the other one runs (the operator's own read moved it to
+    # Running, then Running), accepted once it Succeeded
+    assert len(posts) == 1 + 3
+    assert posts[-1].body["project"] == PROJECT
+    assert deferred.trigger.serialize()[1]["expected_revisions"] == [NEW_REV]
 
 
 def test_waiting_for_another_operation_is_bounded(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
-    argocd_server.add_app(APP, deployed_revision=OLD_REV, busy_syncs=1000)
+    release(argocd_server, scenario=[Frame(phase=None)])
+    _operator().hook.sync(APP, NEW_REV)  # never picked up by the controller
 
-    with pytest.raises(ArgoCDError, match=r"still in progress after 0\.3s \(\d+ attempts\)"):
+    with pytest.raises(ArgoCDError, match=r"still in progress after 0\.3s \(\d+ attempts\)") as excinfo:
         _operator(operation_in_progress_timeout=0.3).execute(CONTEXT)
-    assert 2 <= len(argocd_server.requests_to("POST", "/sync")) <= 10
+    assert "another operation is already in progress" in str(excinfo.value)
+    assert 3 <= len(argocd_server.requests_to("POST", "/sync")) <= 11
 
 
 # ---------------------------------------------------------------------------------- non-deferrable path
 
 
 def test_non_deferrable_success(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
-    argocd_server.add_app(APP, deployed_revision=OLD_REV, scenario=rollout_ok())
+    release(argocd_server, scenario=rollout_ok())
 
     result = _operator(deferrable=False).execute(CONTEXT)
 
-    assert result["sync_revision"] == NEW_REV
+    assert result["applied_revision"] == NEW_REV
     assert (result["sync"], result["health"]) == ("Synced", "Healthy")
-    assert len(argocd_server.requests_to("GET", f"/applications/{APP}")) == 4
+    assert len(argocd_server.requests_to("GET", f"/applications/{APP}")) == 1 + 4  # the check + 4 polls
 
 
 def test_non_deferrable_degraded(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
-    argocd_server.add_app(
-        APP, deployed_revision=OLD_REV, scenario=rollout_degraded(), dest_namespace=DEST_NAMESPACE
-    )
+    release(argocd_server, scenario=rollout_degraded())
     with pytest.raises(ArgoCDDeploymentError, match=f"Deployment {DEST_NAMESPACE}/{APP}: Degraded"):
         _operator(deferrable=False).execute(CONTEXT)
 
 
 def test_non_deferrable_timeout(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
-    argocd_server.add_app(APP, deployed_revision=OLD_REV, scenario=never_healthy())
+    release(argocd_server, scenario=never_healthy())
     with pytest.raises(ArgoCDDeploymentError, match=r"within 0\.3s") as excinfo:
         _operator(deferrable=False, timeout=0.3).execute(CONTEXT)
     assert "Pod" in str(excinfo.value)
+
+
+def test_non_deferrable_prune_required(argocd_server: ArgoCDStandIn, argocd_conn: str) -> None:
+    release(argocd_server, extra_resources=("ConfigMap/legacy-config",))
+    argocd_server.push(OTHER_REV, apps=[APP], removes=[(APP, "ConfigMap/legacy-config")])
+    with pytest.raises(
+        ArgoCDDeploymentError, match="stays OutOfSync: resources deleted from Git were not pruned"
+    ):
+        _operator(deferrable=False, revision=OTHER_REV, timeout=30.0).execute(CONTEXT)
 
 
 def test_operator_serializes_in_a_dag() -> None:
@@ -243,9 +398,18 @@ def test_operator_serializes_in_a_dag() -> None:
 
     with DAG("argocd_serialization", schedule=None) as dag:
         ArgoCDSyncOperator(
-            task_id="deploy", app_name="visiobook-api", revision="{{ params.rev }}", argocd_conn_id=CONN_ID
+            task_id="deploy",
+            app_name="visiobook-api",
+            revision="{{ params.rev }}",
+            argocd_conn_id=CONN_ID,
+            project="visiobook",
+            gitops_repo_url=GITOPS_REPO,
         )
     task = DagSerialization.to_dict(dag)["dag"]["tasks"][0]["__var"]
     assert task["task_type"] == "ArgoCDSyncOperator"
     assert task["_task_module"] == "delivery.operators.argocd"
-    assert (task["app_name"], task["revision"]) == ("visiobook-api", "{{ params.rev }}")
+    assert (task["app_name"], task["revision"], task["project"]) == (
+        "visiobook-api",
+        "{{ params.rev }}",
+        "visiobook",
+    )

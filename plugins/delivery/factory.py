@@ -292,6 +292,9 @@ class DagFactory:
                 app_name=env.argocd_app,
                 revision=revision,
                 argocd_conn_id=self.platform.connections.argocd,
+                project=env.argocd_project,
+                app_namespace=env.argocd_app_namespace,
+                gitops_repo_url=self.platform.gitops.repo_url,
                 timeout=env.health_timeout,
                 deferrable=True,
             )

@@ -226,6 +226,9 @@ def build_rollback_dag(*, service: Service, platform: Platform, profile: Profile
                 app_name="{{ ti.xcom_pull(task_ids='identify')['argocd_app'] }}",
                 revision="{{ ti.xcom_pull(task_ids='revert')['revision'] }}",
                 argocd_conn_id=platform.connections.argocd,
+                project="{{ ti.xcom_pull(task_ids='identify')['argocd_project'] or '' }}",
+                app_namespace="{{ ti.xcom_pull(task_ids='identify')['argocd_app_namespace'] or '' }}",
+                gitops_repo_url=platform.gitops.repo_url,
                 timeout=max(
                     e.health_timeout for e in (service.environments.production, service.environments.staging)
                 ),
@@ -385,6 +388,8 @@ def rollback_identify(*, service_name: str, params: dict[str, Any], **context: A
         "environment": environment,
         "values_path": env.values_path,
         "argocd_app": env.argocd_app,
+        "argocd_project": env.argocd_project,
+        "argocd_app_namespace": env.argocd_app_namespace,
         "health_url": url,
         "reason": reason,
         "target": target.as_dict(),

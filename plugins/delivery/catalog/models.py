@@ -215,6 +215,15 @@ class EnvironmentSpec(StrictModel):
     health_path: str = "/health"
     values_path: str = Field(description="Helm values file of this environment in the GitOps repo.")
     argocd_app: str
+    argocd_project: DnsLabel | None = Field(
+        default=None,
+        description="Argo CD project of argocd_app, sent with every Argo CD call: a missing application is "
+        "then reported as not found (without it Argo CD answers 403 permission denied). See docs/argocd.md.",
+    )
+    argocd_app_namespace: DnsLabel | None = Field(
+        default=None,
+        description="Namespace of the Application object when it is not Argo CD's own (apps in any namespace).",
+    )
     local_port: int = Field(default=0, ge=0, le=65535, description="Host port for the local docker target.")
     health_timeout: Duration = timedelta(minutes=10)
     verify: VerifySpec | None = None

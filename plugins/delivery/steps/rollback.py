@@ -185,6 +185,8 @@ def plan_rollback(
         "environment": environment,
         "values_path": env.values_path,
         "argocd_app": env.argocd_app,
+        "argocd_project": env.argocd_project,
+        "argocd_app_namespace": env.argocd_app_namespace,
         "health_url": health_urls[environment],
         "reason": reason,
         "target": target.as_dict(),

@@ -35,17 +35,26 @@ class KubernetesProfile:
         plan_task: str | None,
         timeout: timedelta,
     ) -> Any:
-        from delivery.operators.argocd import ArgoCDSyncOperator  # Argo CD client: this profile only
+        from delivery.integrations.argocd.operator import (
+            ArgoCDSyncOperator,  # Argo CD client: this profile only
+        )
 
         if environment is None:  # the rollback DAG: the environment is chosen when it runs
-            app = "{{ ti.xcom_pull(task_ids='" + str(plan_task) + "')['argocd_app'] }}"
+            plan = "ti.xcom_pull(task_ids='" + str(plan_task) + "')"
+            app = "{{ " + plan + "['argocd_app'] }}"
+            project = "{{ " + plan + "['argocd_project'] or '' }}"
+            app_namespace = "{{ " + plan + "['argocd_app_namespace'] or '' }}"
         else:
-            app = getattr(service.environments, environment).argocd_app
+            env = getattr(service.environments, environment)
+            app, project, app_namespace = env.argocd_app, env.argocd_project, env.argocd_app_namespace
         return ArgoCDSyncOperator(
             task_id=task_id,
             app_name=app,
             revision="{{ ti.xcom_pull(task_ids='" + commit_task + "')['revision'] }}",
             argocd_conn_id=platform.connections.argocd,
+            project=project,
+            app_namespace=app_namespace,
+            gitops_repo_url=platform.gitops.repo_url,
             timeout=timeout,
             deferrable=True,
         )

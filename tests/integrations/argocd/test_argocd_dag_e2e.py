@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.argocd.support import NEW_REV, OLD_REV, TOKEN
 from tests.helpers import ROOT
-from tests.standins.argocd_server import ArgoCDStandIn, rollout_degraded, rollout_ok
+from tests.integrations.argocd.support import NEW_REV, OLD_REV, TOKEN
+from tests.standins.argocd_server import GITOPS_REPO, ArgoCDStandIn, rollout_degraded, rollout_ok
 
 DAG_FILE = textwrap.dedent(
     f"""
     from airflow.sdk import DAG
-    from delivery.operators.argocd import ArgoCDSyncOperator
+    from delivery.integrations.argocd.operator import ArgoCDSyncOperator
 
     with DAG("argocd_e2e", schedule=None, params={{"rev": "{NEW_REV}"}}) as dag:
         for task_id, app in (("deploy_ok", "visiobook-api"), ("deploy_bad", "visiobook-worker")):
@@ -32,6 +32,8 @@ DAG_FILE = textwrap.dedent(
                 app_name=app,
                 revision="{{{{ params.rev }}}}",
                 argocd_conn_id="argocd_test",
+                project="visiobook",
+                gitops_repo_url="{GITOPS_REPO}",
                 poll_interval=0.1,
                 timeout=30,
             )
@@ -65,8 +67,9 @@ def test_dag_defers_to_the_trigger_and_resumes(tmp_path: Path) -> None:
     (tmp_path / "driver.py").write_text(DRIVER)
 
     with ArgoCDStandIn(token=TOKEN) as server:
-        server.add_app("visiobook-api", deployed_revision=OLD_REV, scenario=rollout_ok())
-        server.add_app("visiobook-worker", deployed_revision=OLD_REV, scenario=rollout_degraded())
+        for app, scenario in (("visiobook-api", rollout_ok()), ("visiobook-worker", rollout_degraded())):
+            server.add_app(app, deployed_revision=OLD_REV, scenario=scenario, project="visiobook")
+        server.push(NEW_REV, apps=["visiobook-api", "visiobook-worker"])  # the pipeline's GitOps commit
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(tmp_path),

@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.argocd.support import TOKEN, WRONG_TOKEN
+from tests.integrations.argocd.support import TOKEN, WRONG_TOKEN
 from tests.standins.argocd_server import ArgoCDStandIn
 
 if TYPE_CHECKING:

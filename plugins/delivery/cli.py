@@ -4,6 +4,7 @@ python -m delivery.cli validate [--catalog DIR]
 python -m delivery.cli render SERVICE STAGE [--sha SHA] [--ref REF]
 python -m delivery.cli plan SERVICE
 python -m delivery.cli schema [--check]
+python -m delivery.cli pools > pools.json && airflow pools import pools.json
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from delivery.catalog import CatalogError, Stage, load_catalog
+from delivery.catalog import Catalog, CatalogError, Stage, load_catalog
 from delivery.catalog.schema import SCHEMA_DIR, platform_schema, service_schema, write_schemas
+from delivery.pipeline.plan import deploy_pool
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -82,6 +84,25 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def deploy_pools(catalog: Catalog) -> dict[str, dict[str, object]]:
+    """The one-slot pools that serialise each service's deploy sections, as ``airflow pools import`` reads them."""
+    return {
+        deploy_pool(name, environment): {
+            "slots": 1,
+            "description": f"one deploy section of {name} in {environment} at a time",
+            "include_deferred": True,
+        }
+        for name in sorted(catalog.services)
+        for environment in ("staging", "production")
+    }
+
+
+def _pools(args: argparse.Namespace) -> int:
+    catalog, _ = load_catalog(args.catalog, strict=True)
+    print(json.dumps(deploy_pools(catalog), indent=2))
+    return 0
+
+
 def _schema(args: argparse.Namespace) -> int:
     if args.check:
         stale = []
@@ -123,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = sub.add_parser("plan", help="print the step graph of a service")
     plan.add_argument("service")
     plan.set_defaults(func=_plan)
+    pools = sub.add_parser("pools", help="print the deploy pools of the catalog (for `airflow pools import`)")
+    pools.set_defaults(func=_pools)
     schema = sub.add_parser("schema", help="write include/schemas/*.schema.json")
     schema.add_argument("--check", action="store_true", help="fail if the committed schemas are stale")
     schema.set_defaults(func=_schema)

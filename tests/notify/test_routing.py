@@ -29,6 +29,8 @@ def test_every_event_has_its_fixed_severity() -> None:
         "production_deploy_failed": "P1",
         "rollback_failed": "P1",
         "rollback_aborted": "P1",
+        "break_glass_deploy": "P1",
+        "production_gate_refused": "P2",
         "production_verification_failed": "P1",
         "staging_failed": "P2",
         "approval_timed_out": "P2",

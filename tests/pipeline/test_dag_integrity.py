@@ -119,12 +119,13 @@ def test_rollback_runs_only_when_production_fails(dagbag, name: str) -> None:  #
 
 
 def test_approval_is_a_hitl_operator_with_assigned_approvers_and_reject_default(dagbag) -> None:  # type: ignore[no-untyped-def]
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.providers.standard.operators.hitl import HITLOperator
 
     catalog, _ = load_catalog()
     for name in SERVICES:
         task = dagbag.dags["deliver_" + name.replace("-", "_")].get_task("approval.approve_production")
-        assert isinstance(task, ApprovalOperator)
+        assert isinstance(task, HITLOperator)
+        assert task.options[:2] == ["Approve", "Reject"]
         assert [u["id"] for u in task.assigned_users] == catalog.service(name).approvers
         assert task.defaults == ["Reject"]
         assert task.response_timeout == catalog.service(name).approval_timeout

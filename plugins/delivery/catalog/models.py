@@ -270,6 +270,16 @@ class Service(StrictModel):
     min_coverage: float = Field(default=80.0, ge=0, le=100)
     approvers: list[str] = Field(min_length=1, description="Users who may approve production.")
     approval_timeout: Duration = timedelta(hours=24)
+    four_eyes: bool = Field(
+        default=True,
+        description="The author of a commit being released cannot approve it for production.",
+    )
+    break_glass_approvers: list[str] = Field(
+        default_factory=list,
+        description="Users who may deploy to production without the normal approval in an emergency "
+        "('Break glass' at the approval, with a mandatory reason): it pages (P1) and is recorded in the "
+        "GitOps commit.",
+    )
     migrations: bool = Field(default=False, description="Releases may carry database migrations.")
     schedule: str | None = Field(
         default=None, description="Cron of a nightly variant that builds the branch head."
@@ -379,6 +389,11 @@ class Connections(StrictModel):
     github_webhook_secret: str = "github_webhook"
     alertmanager_webhook: str = "alertmanager_webhook"
     gitops: str = "gitops_default"
+    airflow_api: str = Field(
+        default="airflow_api",
+        description="Airflow's own REST API (host, login, password of a read-only account): the production "
+        "deploy reads the approval's recorded answer and the audit log from it.",
+    )
 
 
 class GitOpsSpec(StrictModel):
@@ -389,6 +404,11 @@ class GitOpsSpec(StrictModel):
 class Platform(StrictModel):
     """The platform around the services: one per catalog (``platform.yaml``)."""
 
+    identities: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Airflow user -> the git author e-mails or names that are the same person (four eyes). "
+        "Without an entry, a user is the author whose e-mail local part or name equals the user name.",
+    )
     profile: Profile = Profile.KUBERNETES
     registry: str = "registry.visiobook.io"
     gitops: GitOpsSpec

@@ -27,7 +27,12 @@ from typing import Any
 
 import requests
 
+from delivery.catalog import load_catalog
+from delivery.cli import deploy_pools
 from delivery.paths import PROJECT_ROOT
+
+API_USER = "delivery-bot"
+ROLES = {"admin": "admin", API_USER: "viewer"}
 
 
 class AirflowError(RuntimeError):
@@ -60,6 +65,8 @@ class AirflowServer:
         self._pg_port_file = self.home / "postgres.port"
         self.passwords_file = self.home / "passwords.json"
         self.users = dict(users) if users else self._load_or_create_users()
+        # The read-only account the pipeline reads approvals and the audit log with (connection airflow_api).
+        self.users.setdefault(API_USER, secrets.token_urlsafe(16))
         self._tokens: dict[str, tuple[str, float]] = {}
 
     # -- lifecycle ------------------------------------------------------------------
@@ -76,12 +83,13 @@ class AirflowServer:
             "erin": "",
             "frank": "",
             "mallory": "",
+            "oncall": "",
         }
         return {name: secrets.token_urlsafe(12) for name in users}
 
     def environment(self) -> dict[str, str]:
         venv_bin = str(Path(sys.executable).parent)
-        roles = ",".join(f"{name}:{'admin' if name == 'admin' else 'user'}" for name in self.users)
+        roles = ",".join(f"{name}:{ROLES.get(name, 'user')}" for name in self.users)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
         env = {
             **inherited,
@@ -104,6 +112,14 @@ class AirflowServer:
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
             "AIRFLOW__CORE__PARALLELISM": "8",
             "DELIVERY_PROFILE": self.profile,
+            "AIRFLOW_CONN_AIRFLOW_API": json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": self.base_url,
+                    "login": API_USER,
+                    "password": self.users[API_USER],
+                }
+            ),
             "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
         }
         if self.catalog_dir is not None:
@@ -153,6 +169,7 @@ class AirflowServer:
         self.passwords_file.chmod(0o600)
         if self.running():
             self.wait_healthy(timeout=timeout)
+            self.ensure_pools()
             return
         if self.postgres:
             from delivery.devenv.postgres import PostgresError
@@ -180,9 +197,25 @@ class AirflowServer:
         self.pid_file.write_text(str(proc.pid))
         try:
             self.wait_healthy(timeout=timeout, proc=proc)
+            self.ensure_pools()
         except AirflowError:
             self.stop()
             raise
+
+    def ensure_pools(self) -> None:
+        """Create (or fix) the one-slot deploy pools of the catalog; idempotent."""
+        catalog, _ = load_catalog(self.catalog_dir, strict=False)
+        entities = [{"name": name, **spec} for name, spec in deploy_pools(catalog).items()]
+        if entities:
+            self.api(
+                "PATCH",
+                "/pools",
+                json={
+                    "actions": [
+                        {"action": "create", "action_on_existence": "overwrite", "entities": entities}
+                    ]
+                },
+            )
 
     def wait_healthy(self, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + timeout

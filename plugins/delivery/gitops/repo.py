@@ -131,6 +131,7 @@ T_RUN_ID = "Delivery-Run-Id"
 T_APPROVER = "Delivery-Approver"
 T_MIGRATION = "Delivery-Migration"
 T_REASON = "Delivery-Reason"
+T_BREAK_GLASS = "Delivery-Break-Glass"
 T_ROLLBACK_FROM = "Delivery-Rollback-From"
 T_ROLLBACK_TO = "Delivery-Rollback-To"
 T_VERIFICATION = "Delivery-Verification"
@@ -261,6 +262,8 @@ class ReleaseMetadata:
     approver: str | None = None
     migration: bool = False
     reason: str | None = None
+    break_glass: bool = False
+    """Deployed without the normal approval (``approver`` broke the glass, ``reason`` says why)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -916,6 +919,8 @@ class GitOpsRepo:
             (T_APPROVER, metadata.approver or "none"),
             (T_MIGRATION, "true" if metadata.migration else "false"),
         ]
+        if metadata.break_glass:
+            trailers.append((T_BREAK_GLASS, "true"))
         if metadata.reason:
             trailers.append((T_REASON, metadata.reason))
         trailers += list(extra.items())

@@ -29,6 +29,8 @@ class PipelineEvent(StrEnum):
     PRODUCTION_DEPLOY_FAILED = "production_deploy_failed"
     ROLLBACK_FAILED = "rollback_failed"
     ROLLBACK_ABORTED = "rollback_aborted"
+    BREAK_GLASS_DEPLOY = "break_glass_deploy"
+    PRODUCTION_GATE_REFUSED = "production_gate_refused"
     PRODUCTION_VERIFICATION_FAILED = "production_verification_failed"
     STAGING_FAILED = "staging_failed"
     APPROVAL_TIMED_OUT = "approval_timed_out"
@@ -55,6 +57,8 @@ EVENT_SEVERITY: dict[PipelineEvent, Severity] = {
     PipelineEvent.PRODUCTION_DEPLOY_FAILED: Severity.P1,
     PipelineEvent.ROLLBACK_FAILED: Severity.P1,
     PipelineEvent.ROLLBACK_ABORTED: Severity.P1,
+    PipelineEvent.BREAK_GLASS_DEPLOY: Severity.P1,
+    PipelineEvent.PRODUCTION_GATE_REFUSED: Severity.P2,
     PipelineEvent.PRODUCTION_VERIFICATION_FAILED: Severity.P1,
     PipelineEvent.STAGING_FAILED: Severity.P2,
     PipelineEvent.APPROVAL_TIMED_OUT: Severity.P2,

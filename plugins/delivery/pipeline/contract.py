@@ -7,6 +7,8 @@ works on the same commit even when the trigger named a branch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from delivery.catalog.models import Platform, Service
 from delivery.catalog.toolchains import TEST_DATABASE_URL, ResolvedStage
 
@@ -18,6 +20,17 @@ def _commit(key: str) -> str:
 
 
 COMMIT_SHA = _commit("sha")
+
+
+def untrusted(context: Any) -> bool:
+    """Whether this run builds code nobody trusted yet (a fork's or an outside contributor's pull request).
+
+    Such a run waits for an approver at ``validate.trust``, and its stages never get secrets.
+    """
+    params = context.get("params") or {}
+    return params.get("trusted") is False
+
+
 RUN_KEY = "{{ run_id | replace(':', '-') | replace('+', '-') }}"
 
 

@@ -10,12 +10,12 @@ Variables: DAG files stay cheap to parse.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator
 from airflow.sdk import DAG, BaseOperator, TaskGroup
 
@@ -28,9 +28,17 @@ from delivery.integrations.sonarqube import SonarQualityGateOperator
 from delivery.notify import PipelineEvent, PipelineEventNotifier
 from delivery.notify.failure import slack_failure_notifier
 from delivery.pipeline import task_ids as ids
-from delivery.pipeline.gates import RollbackGate
+from delivery.pipeline.gates import ProductionApproval, RollbackGate, TrustGate
 from delivery.pipeline.params import PIPELINE_DOC, ROLLBACK_DOC, pipeline_params, rollback_params
-from delivery.pipeline.plan import Plan, Step, StepKind, build_plan, build_rollback_plan
+from delivery.pipeline.plan import (
+    Plan,
+    Step,
+    StepKind,
+    build_plan,
+    build_rollback_plan,
+    deploy_pool,
+    deploy_section,
+)
 from delivery.profiles import DeliveryProfile, active_profile, health_url
 from delivery.steps import gpu, outcome, release, rollback, source
 from delivery.verification.operator import VerifyReleaseOperator
@@ -51,6 +59,7 @@ class DagFactory:
         self._stages: dict[str, dict[Any, ResolvedStage]] = {}
         self._builders: dict[StepKind, Builder] = {
             StepKind.CHECKOUT: self._python(source.resolve_source),
+            StepKind.TRUST_GATE: self._trust_gate,
             StepKind.STAGE: self._stage,
             StepKind.QUALITY_GATE: self._quality_gate,
             StepKind.RELEASE_GATE: self._release_gate,
@@ -176,6 +185,9 @@ class DagFactory:
             else:
                 task = self._builders[step.kind](step, service)
             _add_failure_event(task, step, service)
+            section = deploy_section(step)
+            if section is not None:  # one deploy section at a time per service and environment
+                task.pool = deploy_pool(service.name, section)
             tasks[step.task_id] = task
             for upstream in step.upstream:
                 tasks[upstream] >> task
@@ -221,6 +233,16 @@ class DagFactory:
             project_key=service.sonar_project_key,
             sonarqube_conn_id=self.platform.connections.sonarqube,
             branch="{{ ti.xcom_pull(task_ids='" + ids.CHECKOUT + "')['branch'] }}",
+        )
+
+    def _trust_gate(self, step: Step, service: Service) -> BaseOperator:
+        return TrustGate(
+            task_id=step.name,
+            api_conn_id=self.platform.connections.airflow_api,
+            subject=f"{service.name}: run the CI of an untrusted pull request?",
+            body="(filled in when the run comes from an untrusted pull request)",
+            assigned_users=_users(service.approvers),
+            response_timeout=service.approval_timeout,
         )
 
     def _release_gate(self, step: Step, service: Service) -> BaseOperator:
@@ -290,18 +312,26 @@ class DagFactory:
         )
 
     def _approval(self, step: Step, service: Service) -> BaseOperator:
-        return ApprovalOperator(
+        rules = [f"Approvers: {', '.join(service.approvers)}."]
+        if service.four_eyes:
+            rules.append("Four eyes: the author of a commit being released cannot approve it.")
+        if service.break_glass_approvers:
+            rules.append(
+                f"In an emergency, {', '.join(service.break_glass_approvers)} may choose **Break glass** with a "
+                "reason: it pages the on-call and is recorded in the GitOps commit."
+            )
+        rules.append(f"Without an answer within {service.approval_timeout} the release is rejected.")
+        return ProductionApproval(
             task_id=step.name,
+            api_conn_id=self.platform.connections.airflow_api,
+            break_glass=bool(service.break_glass_approvers),
             subject=f"Deploy {service.name} to production?",
             body=(
                 "Commit `{{ ti.xcom_pull(task_ids='" + ids.CHECKOUT + "')['sha'] }}` of "
-                f"{service.name} passed staging and its integration tests.\n\n"
-                f"Approvers: {', '.join(service.approvers)}. Without an answer within "
-                f"{service.approval_timeout} the release is rejected."
+                f"{service.name} passed staging and its integration tests.\n\n" + "\n\n".join(rules)
             ),
-            assigned_users=_users(service.approvers),
+            assigned_users=_users([*service.approvers, *service.break_glass_approvers]),
             response_timeout=service.approval_timeout,
-            defaults=["Reject"],
             notifiers=[
                 PipelineEventNotifier(event=PipelineEvent.APPROVAL_REQUESTED, service_name=service.name)
             ],
@@ -309,12 +339,14 @@ class DagFactory:
 
     def _verify(self, step: Step, service: Service) -> BaseOperator:
         env = self._env(service, step)
+        own_release = functools.partial(release.guard_own_release, service_name=service.name)
         if env.verify is None or not env.verify.checks:
             return HealthCheckSensor(
                 task_id=step.name,
                 url=health_url(self.profile, env),
                 timeout=env.health_timeout.total_seconds(),
                 poke_interval=5,
+                pre_execute=own_release,
             )
         return VerifyReleaseOperator(
             task_id=step.name,
@@ -323,6 +355,7 @@ class DagFactory:
             environment="production",
             namespace=env.namespace,
             prometheus_conn_id=self.platform.connections.prometheus,
+            pre_execute=own_release,
         )
 
     def _review(self, step: Step, service: Service) -> BaseOperator:
@@ -357,6 +390,7 @@ class DagFactory:
             plan_task=step.params["plan_task"],
             continue_task=step.params["continue_task"],
             abort_task=step.params["abort_task"],
+            api_conn_id=self.platform.connections.airflow_api,
             subject=f"{service.name}: confirm the rollback before anything is reverted",
             body="(filled in when the rollback needs a confirmation)",
             assigned_users=_users(service.approvers),

@@ -78,6 +78,14 @@ def pipeline_params(service: Service, *, pipeline: str = "full") -> dict[str, Pa
         "event": Param(
             "manual", type="string", title="Event", description="manual, push, tag, pull_request, poll"
         ),
+        "trusted": Param(
+            True,
+            type="boolean",
+            title="Trusted code (Git events)",
+            description="False for a fork's or an outside contributor's pull request: an approver must "
+            "let its CI run, and its stages get no secrets.",
+        ),
+        "untrusted_reason": Param("", type="string", title="Why the code is untrusted (Git events)"),
     }
 
 

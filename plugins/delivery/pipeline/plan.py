@@ -43,6 +43,7 @@ from delivery.pipeline.task_ids import (
 
 class StepKind(StrEnum):
     CHECKOUT = "checkout"  # resolve the run's ref to one commit
+    TRUST_GATE = "trust_gate"  # HITL: an approver lets an untrusted pull request's code run
     STAGE = "stage"  # a container stage from the catalog (runner-specific)
     QUALITY_GATE = "quality_gate"  # SonarQube quality gate over REST
     RELEASE_GATE = "release_gate"  # full pipeline or CI only
@@ -165,9 +166,10 @@ def _deploy(b: _Builder, group: str, environment: str, upstream: list[str], *, g
 
 def _validate(b: _Builder, stages: list[Stage]) -> list[str]:
     """Flow 2, validation: lint and Helm validation start the run, then quality and security."""
-    checkout = [b.add(Step(VALIDATE, "checkout", StepKind.CHECKOUT))]
-    lint = b.stage(Stage.LINT, checkout, stages)
-    helm = b.stage(Stage.HELM_VALIDATE, checkout, stages)
+    checkout = b.add(Step(VALIDATE, "checkout", StepKind.CHECKOUT))
+    trusted = [b.add(Step(VALIDATE, "trust", StepKind.TRUST_GATE, (checkout,)))]
+    lint = b.stage(Stage.LINT, trusted, stages)
+    helm = b.stage(Stage.HELM_VALIDATE, trusted, stages)
     gate_upstream = b.stage(Stage.QUALITY_SCAN, lint, stages)
     if Stage.QUALITY_SCAN in stages:
         gate_upstream = [b.add(Step(VALIDATE, "quality_gate", StepKind.QUALITY_GATE, tuple(gate_upstream)))]
@@ -366,3 +368,38 @@ def build_rollback_plan(service: Service) -> Plan:
         )
     )
     return Plan(service=service.name, steps=tuple(b.steps))
+
+
+_HUMAN = {StepKind.APPROVAL, StepKind.REVIEW, StepKind.MIGRATION_GATE, StepKind.TRUST_GATE}
+_SECTIONS = {
+    DEPLOY_STAGING: "staging",
+    INTEGRATION: "staging",
+    DEPLOY_PRODUCTION: "production",
+    VERIFY_PRODUCTION: "production",
+    ROLLBACK: "production",
+}
+_MANUAL_ROLLBACK_KINDS = {
+    StepKind.ROLLBACK_PLAN,
+    StepKind.ROLLBACK_REVERT,
+    StepKind.SYNC,
+    StepKind.HEALTH_CHECK,
+    StepKind.ROLLBACK_RECORD,
+}
+
+
+def deploy_section(step: Step) -> str | None:
+    """The environment whose deploy section ``step`` belongs to (one section at a time per service
+    and environment), or None. Human gates hold nothing while they wait. The rollback DAG picks its
+    environment when it runs, so its steps take production's section, the stricter choice."""
+    if step.kind in _HUMAN:
+        return None
+    if step.group in _SECTIONS:
+        return _SECTIONS[step.group]
+    if not step.group and step.kind in _MANUAL_ROLLBACK_KINDS:
+        return "production"
+    return None
+
+
+def deploy_pool(service: str, environment: str) -> str:
+    """The one-slot Airflow pool that serialises the deploy section of ``service`` in ``environment``."""
+    return f"deploy-{service}-{environment}"

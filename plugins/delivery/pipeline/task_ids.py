@@ -40,6 +40,7 @@ def task_id(group: str, name: str) -> str:
 
 
 CHECKOUT = task_id(VALIDATE, "checkout")
+TRUST = task_id(VALIDATE, "trust")
 RELEASE_GATE = task_id(BUILD_AND_TEST, "release_gate")
 IMAGE_BUILD = task_id(IMAGE, "build")
 GPU_BENCHMARK = task_id(GPU_TESTS, "benchmark")

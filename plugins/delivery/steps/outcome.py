@@ -47,6 +47,8 @@ def describe_outcome(states: dict[str, str]) -> tuple[str, str]:
         return "rollback_failed", f"production failed and the rollback failed too ({', '.join(failed)})"
     if failed:
         return "failed", f"failed at {', '.join(failed)}"
+    if states.get(ids.PRODUCTION_COMMIT) == "success" and states.get(ids.VERIFY) == "skipped":
+        return "superseded", "deployed to production, then superseded by a newer release before verification"
     if states.get(ids.VERIFY) == "success":
         return "deployed", "deployed to production and verified"
     if states.get(ids.RELEASE_GATE) == "success" and states.get(ids.IMAGE_BUILD) == "skipped":

@@ -26,6 +26,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
+from delivery.catalog import Service
 from delivery.gitops.repo import (
     Release,
     ReleaseAction,
@@ -33,8 +34,9 @@ from delivery.gitops.repo import (
     Verification,
     VerificationStatus,
 )
+from delivery.integrations.airflow_api import AirflowApiError, AirflowApiHook
 from delivery.pipeline import task_ids as ids
-from delivery.runtime import PipelineError, gitops_repo, service
+from delivery.runtime import PipelineError, catalog, gitops_repo, service
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +177,7 @@ def plan_rollback(
     env = getattr(svc.environments, environment)
     target, current, undone = releases[index], releases[0], releases[:index]
     migrations = [r.short_revision for r in undone if r.migration]
-    confirm = []
-    if svc.migrations or migrations:
-        confirm.append("migration")
-    if not target.stable:
-        confirm.append("unverified_target")
+    confirm = confirmations(svc, target, undone)
     result = {
         "service": svc.name,
         "environment": environment,
@@ -218,6 +216,30 @@ def planned(context: dict[str, Any], plan_task: str) -> dict[str, Any]:
     return dict(data)
 
 
+def confirmations(svc: Service, target: Release, undone: list[Release]) -> list[str]:
+    """What a human must confirm before ``target`` replaces the ``undone`` releases."""
+    confirm = []
+    if svc.migrations or any(r.migration for r in undone):
+        confirm.append("migration")
+    if not target.stable:
+        confirm.append("unverified_target")
+    return confirm
+
+
+def confirmed_by(svc: Service, context: dict[str, Any], gate_task: str) -> str | None:
+    """The approver who chose Continue at the gate, from its HITL record (None: no valid answer)."""
+    ti = context["ti"]
+    try:
+        api = AirflowApiHook(airflow_api_conn_id=catalog().platform.connections.airflow_api)
+        detail = api.hitl_detail(dag_id=ti.dag_id, run_id=context["run_id"], task_id=gate_task)
+    except AirflowApiError as exc:
+        raise PipelineError(f"the answer at {gate_task} could not be read: {exc}") from exc
+    if not detail or not detail.get("response_received") or detail.get("chosen_options") != ["Continue"]:
+        return None
+    user = (detail.get("responded_by_user") or {}).get("id")
+    return user if user in svc.approvers else None
+
+
 def gate_responder(context: dict[str, Any], gate_task: str) -> str | None:
     """Who answered the rollback gate (None when no human was needed, or on timeout)."""
     result = context["ti"].xcom_pull(task_ids=gate_task, key="response")
@@ -249,41 +271,49 @@ def _release_from(data: dict[str, Any]) -> Release:
 
 
 def rollback_revert(*, service_name: str, plan_task: str, gate_task: str, **context: Any) -> dict[str, Any]:
-    """Write the target back to the GitOps repo, then mark the undone release failed."""
+    """Write the target back to the GitOps repo, then mark the undone release failed.
+
+    What needs a human's confirmation is decided again here from the GitOps history, not from the
+    plan's XCom (which users can write), and the confirmation is read from the gate's HITL record.
+    """
     svc = service(service_name)
     plan = planned(context, plan_task)
-    environment = plan["environment"]
-    target = _release_from(plan["target"])
-    approver = gate_responder(context, gate_task)
-    if plan.get("confirm") and approver is None:
+    environment = str(plan.get("environment"))
+    if environment not in ENVIRONMENTS:
+        raise PipelineError(f"the rollback plan names environment {environment!r}, not one of {ENVIRONMENTS}")
+    env = getattr(svc.environments, environment)
+    repo = gitops_repo()
+    releases = repo.history(environment=environment, service=svc.name, values_path=env.values_path)
+    index, target = find_target(releases, str(plan["target"]["revision"]))
+    confirm = confirmations(svc, target, releases[:index])
+    approver = confirmed_by(svc, context, gate_task) if confirm else None
+    if confirm and approver is None:
         raise PipelineError(
-            f"the rollback needs an approver's answer at {gate_task} ({', '.join(plan['confirm'])}); "
+            f"the rollback needs an approver's Continue at {gate_task} ({', '.join(confirm)}); "
             "none was recorded, so nothing is reverted"
         )
-    repo = gitops_repo()
     result = repo.rollback(
         environment=environment,
         service=svc.name,
-        values_path=plan["values_path"],
+        values_path=env.values_path,
         to=target,
         metadata=ReleaseMetadata(
             source_sha=target.source_sha or target.image_tag or target.revision,
             run_id=context["run_id"],
             approver=approver,
-            reason=plan["reason"],
+            reason=str(plan.get("reason") or "rollback"),
         ),
     )
-    current = plan["current"]
-    if result.changed and current["image_tag"] != target.image_tag:
+    current = releases[0]
+    if result.changed and current.image_tag != target.image_tag:
         undone = repo.get_release(
-            environment=environment,
-            service=svc.name,
-            values_path=plan["values_path"],
-            revision=current["revision"],
+            environment=environment, service=svc.name, values_path=env.values_path, revision=current.revision
         )
         if undone.verification.status is not VerificationStatus.FAILED:
             repo.mark_verified(
-                release=undone, ok=False, summary=f"rolled back in run {context['run_id']}: {plan['reason']}"
+                release=undone,
+                ok=False,
+                summary=f"rolled back in run {context['run_id']}: {plan.get('reason')}",
             )
     log.info(
         "%s %s: %s (GitOps revision %s)",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from typing import Any
 
 from delivery.catalog.models import EnvironmentSpec, Platform, Profile, Service
 from delivery.catalog.toolchains import ResolvedStage
+from delivery.steps.release import guard_sync
 
 
 class KubernetesProfile:
@@ -57,6 +59,13 @@ class KubernetesProfile:
             gitops_repo_url=platform.gitops.repo_url,
             timeout=timeout,
             deferrable=True,
+            pre_execute=functools.partial(
+                guard_sync,
+                service_name=service.name,
+                environment=environment,
+                commit_task=commit_task,
+                plan_task=plan_task,
+            ),
         )
 
     def service_url(self, env: EnvironmentSpec) -> str:

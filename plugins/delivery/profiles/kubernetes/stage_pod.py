@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
+from delivery.pipeline.contract import untrusted
+
 if TYPE_CHECKING:
     import jinja2
     from airflow.sdk import Context
@@ -54,6 +56,12 @@ class StagePodOperator(KubernetesPodOperator):
             self._do_render_template_fields(content, ("env",), context, jinja_env, seen_oids)
             return
         super()._render_nested_template_fields(content, context, jinja_env, seen_oids)
+
+    def execute(self, context: Context) -> Any:
+        if untrusted(context) and self.secrets:
+            self.log.warning("Untrusted pull request: the stage runs without its secrets")
+            self.secrets = []
+        return super().execute(context)
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         pod = super().build_pod_request_obj(context, dry_run=dry_run)

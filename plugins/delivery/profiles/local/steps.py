@@ -14,7 +14,7 @@ from delivery.catalog import Service
 from delivery.gitops.repo import read_image
 from delivery.paths import git_url, project_path
 from delivery.runtime import PipelineError, catalog, gitops_repo, service
-from delivery.steps.release import checked_out
+from delivery.steps.release import checked_out, guard_sync
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +149,18 @@ def local_sync(
         run_release,
     )
 
+    revision = guard_sync(
+        context,
+        service_name=service_name,
+        environment=environment,
+        commit_task=commit_task,
+        plan_task=plan_task,
+    )
     if environment is None:
-        environment = str(
-            (context["ti"].xcom_pull(task_ids=plan_task) or {}).get("environment") or "production"
-        )
+        environment = str(context["ti"].xcom_pull(task_ids=plan_task)["environment"])
     svc = service(service_name)
     env = getattr(svc.environments, environment)
-    commit = context["ti"].xcom_pull(task_ids=commit_task)
+    commit = {"revision": revision}
     repo = gitops_repo()
     values = repo.read_values(values_path=env.values_path, revision=commit["revision"])
     tag, repository = read_image(values, where=env.values_path)

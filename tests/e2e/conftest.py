@@ -7,43 +7,27 @@ never touch a developer's ``.local``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from delivery.devenv.airflow_server import AirflowServer
 from delivery.paths import PROJECT_ROOT
+from tests.helpers import free_port, git
 
 DEMO = "visiobook-demo-web"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def git(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
-    base = {
-        "GIT_AUTHOR_NAME": "Dev",
-        "GIT_AUTHOR_EMAIL": "dev@visiobook.invalid",
-        "GIT_COMMITTER_NAME": "Dev",
-        "GIT_COMMITTER_EMAIL": "dev@visiobook.invalid",
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(cwd),
-    }
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, check=True
-    )
-    return proc.stdout.strip()
+APPROVAL = "approval.approve_production"
 
 
 @dataclass
@@ -58,7 +42,15 @@ class LocalStack:
     flaky_marker: Path
     registry: str = "127.0.0.1:5000"
 
-    def commit(self, message: str, files: dict[str, str], *, date: str | None = None) -> str:
+    def commit(
+        self,
+        message: str,
+        files: dict[str, str | None],
+        *,
+        date: str | None = None,
+        author: str | None = None,
+    ) -> str:
+        """Commit ``files`` (None deletes one) and push to main; ``author`` like ``"Alice <alice@x>"``."""
         for name, content in files.items():
             path = self.work / name
             if content is None:
@@ -66,10 +58,28 @@ class LocalStack:
             else:
                 path.write_text(content)
         git("add", "-A", cwd=self.work)
-        env = {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date} if date else None
+        env = {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date} if date else {}
+        if author:
+            name, _, email = author.partition(" <")
+            env |= {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email.rstrip(">")}
         git("commit", "-q", "-m", message, cwd=self.work, env=env)
         git("push", "-q", "origin", "HEAD:main", cwd=self.work)
         return git("rev-parse", "HEAD", cwd=self.work)
+
+    def to_approval(self, sha: str, *, conf: dict[str, Any] | None = None) -> str:
+        """Trigger a delivery of ``sha`` and wait until its production approval waits for a human."""
+        run_id = self.airflow.trigger(self.dag_id, conf={"ref": "main", "sha": sha, **(conf or {})})
+        self.airflow.wait_task(self.dag_id, run_id, APPROVAL, states=("awaiting_input",), timeout=420)
+        time.sleep(3)  # people answer in seconds, not milliseconds: let the task finish parking itself
+        return run_id
+
+    def serving(self, environment: str) -> dict[str, Any]:
+        """What the environment's container answers on /health (code, commit, version)."""
+        resp = requests.get(f"http://127.0.0.1:{self.port(environment)}/health", timeout=5)
+        return {"code": resp.status_code, **resp.json()}
+
+    def slack_texts(self) -> list[str]:
+        return [str(m.get("text") or "") for m in self.slack.messages()]  # type: ignore[attr-defined]
 
     def port(self, environment: str) -> int:
         return int(self.catalog["environments"][environment]["local_port"])
@@ -85,9 +95,11 @@ class LocalStack:
         )
 
 
-@pytest.fixture(scope="module")
-def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    from delivery.devenv.demo import make_gitops_repo, make_service_repo
+@contextlib.contextmanager
+def local_stack(
+    tmp_path_factory: pytest.TempPathFactory, *, overrides: dict[str, Any] | None = None
+) -> Iterator[LocalStack]:
+    """A real Airflow with one service copied from the demo web service (catalog ``overrides`` applied)."""
     from tests.standins.slack_server import SlackStandIn
 
     root = tmp_path_factory.mktemp("stack")
@@ -114,8 +126,8 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         data["environments"][env]["url"] = f"http://127.0.0.1:{data['environments'][env]['local_port']}"
         data["environments"][env]["values_path"] = f"apps/{service}/values-{env}.yaml"
         data["environments"][env]["argocd_app"] = f"{service}-{env}"
+    data.update(overrides or {})
     (catalog_dir / "services" / f"{service}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    del make_gitops_repo, make_service_repo
 
     slack = SlackStandIn().start()
     airflow = AirflowServer(
@@ -125,6 +137,9 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         env={
             "AIRFLOW_CONN_SLACK_DELIVERY": json.dumps(
                 {"conn_type": "slackwebhook", "password": slack.webhook_url}
+            ),
+            "AIRFLOW_CONN_SLACK_API": json.dumps(
+                {"conn_type": "slack", "password": "xoxb-e2e", "extra": {"base_url": f"{slack.url}/api/"}}
             ),
             "DELIVERY_CATALOG_STRICT": "1",
         },
@@ -152,6 +167,12 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             capture_output=True,
             check=False,
         )
+
+
+@pytest.fixture(scope="module")
+def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with local_stack(tmp_path_factory) as built:
+        yield built
 
 
 def _service_repo(root: Path, service: str) -> tuple[Path, Path]:

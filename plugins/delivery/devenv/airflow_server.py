@@ -387,12 +387,13 @@ class AirflowServer:
         *,
         option: str,
         user: str,
+        params_input: Mapping[str, Any] | None = None,
         expect: tuple[int, ...] = (200,),
     ) -> Any:
         return self.api(
             "PATCH",
             f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-            json={"chosen_options": [option], "params_input": {}},
+            json={"chosen_options": [option], "params_input": dict(params_input or {})},
             user=user,
             expect=expect,
         )

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -157,15 +158,19 @@ class AirflowServer:
 
     # -- the metadata database -------------------------------------------------------
 
-    def _cluster(self) -> PostgresCluster:
-        port = int(self._pg_port_file.read_text()) if self._pg_port_file.is_file() else None
-        folder = self.home / "postgres"
+    def _cluster_folder(self) -> Path:
         if os.geteuid() == 0:
             # The server runs as the postgres user, who must reach the folder: keep it out of
             # private (0700) parents such as a test's tmp path, in /var/tmp which survives reboots.
             key = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
-            folder = Path("/var/tmp") / f"delivery-airflow-postgres-{key}"
-        return PostgresCluster(folder=folder, port=port, user="airflow", password=self._secret("postgres"))
+            return Path("/var/tmp") / f"delivery-airflow-postgres-{key}"
+        return self.home / "postgres"
+
+    def _cluster(self) -> PostgresCluster:
+        port = int(self._pg_port_file.read_text()) if self._pg_port_file.is_file() else None
+        return PostgresCluster(
+            folder=self._cluster_folder(), port=port, user="airflow", password=self._secret("postgres")
+        )
 
     def _start_database(self) -> None:
         last = self.home / "database"
@@ -218,6 +223,10 @@ class AirflowServer:
             if pid:
                 pids["postgres"] = pid
         return pids
+
+    def health(self) -> dict[str, str]:
+        """Health of the components the api-server's monitor does not show one by one (distributed)."""
+        return self._topology().health(self.environment())
 
     def running(self) -> bool:
         return bool({k: v for k, v in self.components().items() if k not in ("postgres", "redis")})
@@ -301,13 +310,10 @@ class AirflowServer:
     def destroy(self) -> None:
         """Stop, and delete the metadata database (for throwaway Airflows such as tests)."""
         self.stop()
-        if self._pg_port_file.is_file():
-            cluster = self._cluster()
-            self._pg_port_file.unlink(missing_ok=True)
-            if cluster.folder != self.home / "postgres":
-                import shutil  # only throwaway Airflows are destroyed
-
-                shutil.rmtree(cluster.folder, ignore_errors=True)
+        self._pg_port_file.unlink(missing_ok=True)
+        folder = self._cluster_folder()
+        if folder != self.home / "postgres":
+            shutil.rmtree(folder, ignore_errors=True)
 
     # -- REST ---------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ class Topology(Protocol):
 
     def check(self, env: Mapping[str, str]) -> str | None: ...
 
+    def health(self, env: Mapping[str, str]) -> dict[str, str]: ...
+
     def pids(self) -> dict[str, int]: ...
 
     def stop(self) -> None: ...
@@ -91,6 +93,9 @@ class Standalone:
 
     def check(self, env: Mapping[str, str]) -> str | None:
         return None
+
+    def health(self, env: Mapping[str, str]) -> dict[str, str]:
+        return {}
 
     def stop(self) -> None:
         processes.stop_sessions([self.pid_file])

@@ -64,10 +64,7 @@ def test_kill_9_of_airflow_then_start_keeps_history_and_resumes_the_run(home: Pa
     server.wait_task(DAG, interrupted, "work", states=("running",), timeout=120)
 
     leader = server.components()["airflow-standalone"]
-    os.killpg(leader, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while processes.alive(leader) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _kill_9([leader], group=True)
     left = processes.leftovers(server.pid_file)
     assert left, "the running task lives in a process group of its own and survives the kill"
 
@@ -85,10 +82,17 @@ def test_kill_9_of_airflow_then_start_keeps_history_and_resumes_the_run(home: Pa
     assert work["try_number"] >= 2
 
 
+def _kill_9(pids: list[int], *, group: bool = False) -> None:
+    for pid in pids:
+        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(processes.alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _kill_postgres(pid: int) -> None:
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    for child in [pid, *map(int, children.stdout.split())]:
-        os.kill(child, signal.SIGKILL)
+    _kill_9([pid, *map(int, children.stdout.split())])
 
 
 def test_a_machine_crash_with_a_stale_postgres_pid_file_restarts_cleanly(home: Path) -> None:
@@ -100,7 +104,7 @@ def test_a_machine_crash_with_a_stale_postgres_pid_file_restarts_cleanly(home: P
     database, pids = server.database_url(), server.components()
     pid_file = server._cluster().data / "postmaster.pid"
 
-    os.killpg(pids["airflow-standalone"], signal.SIGKILL)
+    _kill_9([pids["airflow-standalone"]], group=True)
     _kill_postgres(pids["postgres"])
     assert pid_file.exists()
     other = subprocess.Popen(["sleep", "300"])  # after the reboot, the pid is another program's

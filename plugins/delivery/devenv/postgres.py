@@ -225,17 +225,20 @@ class PostgresCluster:
             old, self.port = self.port, free_port()
             say(f"port {old} is taken by another program; using {self.port}")
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-w",
-            "-l",
-            str(self.folder / "log"),
-            "-o",
-            options,
-            "start",
-        )
+        try:
+            self._run(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-w",
+                "-l",
+                str(self.folder / "log"),
+                "-o",
+                options,
+                "start",
+            )
+        except PostgresError as exc:
+            raise PostgresError(f"{exc} (see {self.folder / 'log'})") from exc
         self._secure()
         return self
 

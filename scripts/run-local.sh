@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make run` / `make stop`: the whole pipeline on one machine (the local profile).
-#   start: venv, Docker engine, registry, base images, demo git repos, GitOps repo, Airflow standalone
+#   start [--distributed] [--sqlite]: venv, Docker engine, registry, base images, demo git repos, GitOps repo,
+#          Airflow standalone on PostgreSQL; --distributed: the docker-compose.yaml topology natively (Redis,
+#          api-server, two schedulers, dag-processor, triggerer, Celery workers); --sqlite (or
+#          DELIVERY_AIRFLOW_DB=sqlite): SQLite instead of PostgreSQL, only when asked for
 #   stop:  Airflow, demo containers, registry, and the Docker engine if this script started it
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,6 +19,14 @@ install_debian_packages() {
 }
 
 start() {
+  local airflow_args=()
+  for arg in "$@"; do
+    case "$arg" in
+      --distributed) airflow_args+=(--distributed) ;;
+      --sqlite) airflow_args+=(--database sqlite) ;;
+      *) echo "usage: $0 start [--distributed] [--sqlite]" >&2; exit 2 ;;
+    esac
+  done
   install_debian_packages
   step "Python environment (.venv)"
   make -C "$ROOT" --no-print-directory install
@@ -27,8 +38,9 @@ start() {
   bash "$ROOT/scripts/local/base-images.sh" all
   step "Demo service repos and the GitOps repo"
   "$PY" -m delivery.devenv.demo setup --state "$STATE"
-  step "Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:$PORT"
-  info="$("$PY" -m delivery.devenv.airflow_server start --home "$STATE/airflow" --port "$PORT" --catalog "$ROOT/include/catalog-local")"
+  step "Airflow on 127.0.0.1:$PORT ${airflow_args[*]}"
+  info="$("$PY" -m delivery.devenv.airflow_server start --home "$STATE/airflow" --port "$PORT" \
+    --catalog "$ROOT/include/catalog-local" "${airflow_args[@]}")"
   "$PY" - "$info" "$STATE" <<'PYEOF'
 import json, sys
 info, state = json.loads(sys.argv[1]), sys.argv[2]
@@ -39,6 +51,9 @@ Airflow is up: {info['url']}
   alice, bob   approvers of visiobook-demo-web   ({users['alice']} / {users['bob']})
   erin, frank  approvers of visiobook-inference  ({users['erin']} / {users['frank']})
   (all passwords: {state}/airflow/passwords.json)
+
+Topology: {info['topology']}; logs: {info['logs']}
+  pids: {', '.join(f'{name} {pid}' for name, pid in info['pids'].items())}
 
 What to click:
   1. Open {info['url']} and log in as admin.
@@ -70,7 +85,7 @@ stop() {
 }
 
 case "${1:-start}" in
-  start) start ;;
+  start) shift || true; start "$@" ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--distributed] [--sqlite] | stop" >&2; exit 2 ;;
 esac

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
 import requests
 
 from delivery.devenv.platform import SCRIPTS_DIR
-from tests.profiles.local.conftest import free_port
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.e2e  # the Docker engine and a second registry
 
 
 def _script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -99,7 +99,9 @@ def test_break_glass_deploys_pages_and_is_recorded(gate: LocalStack) -> None:
 
 
 def _broken_release_waiting_at_the_gate(gate: LocalStack, version: str) -> str:
-    sha = gate.commit(f"release {version} (breaks in production)", {"VERSION": f"{version}\n", "BROKEN_IN": "production\n"})
+    sha = gate.commit(
+        f"release {version} (breaks in production)", {"VERSION": f"{version}\n", "BROKEN_IN": "production\n"}
+    )
     run_id = gate.to_approval(sha)
     gate.airflow.respond(gate.dag_id, run_id, APPROVAL, option="Approve", user="bob")
     gate.airflow.wait_task(gate.dag_id, run_id, GATE, states=("awaiting_input",), timeout=400)

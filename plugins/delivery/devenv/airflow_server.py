@@ -1,12 +1,21 @@
-"""Run a real Airflow 3 (``airflow standalone``) for the local profile and the end-to-end tests.
+"""Run a real Airflow 3 for the local profile and the end-to-end tests: standalone or distributed.
 
-``airflow standalone`` starts the api-server, scheduler, dag-processor and
-triggerer. It is started in its own session, so :meth:`AirflowServer.stop`
-kills the whole process group and leaves no orphans. Users and passwords are
-ours (SimpleAuthManager's passwords file), not generated ones, so tests and
-people know them.
+``standalone`` is ``airflow standalone`` (api-server, scheduler, dag-processor and
+triggerer under one parent, LocalExecutor). ``distributed`` is the topology of
+``docker-compose.yaml`` run natively: Redis, the api-server, two schedulers, the
+dag-processor, the triggerer and Celery workers (see :mod:`delivery.devenv.topology`).
+Both use the same metadata database, a PostgreSQL cluster that requires a password, and
+the same REST helpers.
 
-    python -m delivery.devenv.airflow_server start --home .local/airflow --port 8080
+:meth:`AirflowServer.start` is safe after a crash: it adopts the PostgreSQL server and the
+Airflow processes that are still running, cleanly restarts the rest, and kills orphans.
+It never falls back to SQLite: SQLite is used only when asked for (``database="sqlite"``,
+``--database sqlite`` or ``DELIVERY_AIRFLOW_DB=sqlite``). Users and passwords are ours
+(SimpleAuthManager's passwords file), so tests and people know them; the database and
+broker passwords are generated and kept beside them in ``secrets.json`` (0600).
+
+    python -m delivery.devenv.airflow_server start --home .local/airflow --port 8080 [--distributed]
+    python -m delivery.devenv.airflow_server status --home .local/airflow
     python -m delivery.devenv.airflow_server stop --home .local/airflow
 """
 
@@ -17,20 +26,28 @@ import hashlib
 import json
 import os
 import secrets
-import signal
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
 from delivery.catalog import load_catalog
 from delivery.cli import deploy_pools
+from delivery.devenv.postgres import PostgresCluster, PostgresError, port_in_use
+from delivery.devenv.redis import RedisError
+from delivery.devenv.settings import FAILURE_DETECTION, common_settings
+from delivery.devenv.topology import Distributed, Standalone, Topology, TopologyError
 from delivery.paths import PROJECT_ROOT
 
+DATABASES = ("postgresql", "sqlite")
+TOPOLOGIES = ("standalone", "distributed")
+USERS = ("admin", "alice", "bob", "carol", "dave", "erin", "frank", "mallory", "oncall")
 API_USER = "delivery-bot"
 ROLES = {"admin": "admin", API_USER: "viewer"}
 
@@ -39,8 +56,14 @@ class AirflowError(RuntimeError):
     pass
 
 
+def _private_json(path: Path, data: Mapping[str, str]) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(json.dumps(dict(data), indent=2))
+
+
 class AirflowServer:
-    """One Airflow home, its standalone process group, and a small REST client."""
+    """One Airflow home, its processes (standalone or distributed), and a small REST client."""
 
     def __init__(
         self,
@@ -52,8 +75,11 @@ class AirflowServer:
         catalog_dir: Path | None = None,
         profile: str = "local",
         dags_folder: Path | None = None,
-        postgres: bool = True,
+        database: str = "postgresql",
+        topology: str | None = None,
     ) -> None:
+        if database not in DATABASES:
+            raise AirflowError(f"database must be one of {DATABASES}, not {database!r}")
         self.home = Path(home).resolve()
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
@@ -61,38 +87,54 @@ class AirflowServer:
         self.catalog_dir = catalog_dir
         self.profile = profile
         self.dags_folder = dags_folder or PROJECT_ROOT / "dags"
-        self.postgres = postgres
+        self.database = database
         self._pg_port_file = self.home / "postgres.port"
+        self._topology_file = self.home / "topology"
         self.passwords_file = self.home / "passwords.json"
+        self.secrets_file = self.home / "secrets.json"
         self.users = dict(users) if users else self._load_or_create_users()
         # The read-only account the pipeline reads approvals and the audit log with (connection airflow_api).
         self.users.setdefault(API_USER, secrets.token_urlsafe(16))
         self._tokens: dict[str, tuple[str, float]] = {}
+        if topology is None and self._topology_file.is_file():
+            topology = self._topology_file.read_text().strip()
+        self.topology_name = topology or "standalone"
+        if self.topology_name not in TOPOLOGIES:
+            raise AirflowError(f"topology must be one of {TOPOLOGIES}, not {self.topology_name!r}")
+        if self.topology_name == "distributed" and database != "postgresql":
+            raise AirflowError("the distributed topology needs PostgreSQL (Celery workers share it)")
 
-    # -- lifecycle ------------------------------------------------------------------
+    # -- configuration --------------------------------------------------------------
 
     def _load_or_create_users(self) -> dict[str, str]:
         if self.passwords_file.is_file():
             return dict(json.loads(self.passwords_file.read_text()))
-        users = {
-            "admin": "",
-            "alice": "",
-            "bob": "",
-            "carol": "",
-            "dave": "",
-            "erin": "",
-            "frank": "",
-            "mallory": "",
-            "oncall": "",
-        }
-        return {name: secrets.token_urlsafe(12) for name in users}
+        return {name: secrets.token_urlsafe(12) for name in USERS}
+
+    def _secret(self, name: str) -> str:
+        """A generated password kept in secrets.json (0600), beside the Airflow users' passwords."""
+        stored = json.loads(self.secrets_file.read_text()) if self.secrets_file.is_file() else {}
+        if name not in stored:
+            self.home.mkdir(parents=True, exist_ok=True)
+            stored[name] = secrets.token_urlsafe(24)
+            _private_json(self.secrets_file, stored)
+        return str(stored[name])
+
+    def _topology(self) -> Topology:
+        if self.topology_name == "distributed":
+            return Distributed(
+                home=self.home, redis_password=self._secret("redis"), database_url=self.database_url()
+            )
+        return Standalone(home=self.home)
 
     def environment(self) -> dict[str, str]:
         venv_bin = str(Path(sys.executable).parent)
         roles = ",".join(f"{name}:{ROLES.get(name, 'user')}" for name in self.users)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
+        failure_detection = {key: common_settings()[key] for key in FAILURE_DETECTION}
         env = {
             **inherited,
+            **failure_detection,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url(),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
             "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -124,28 +166,58 @@ class AirflowServer:
         }
         if self.catalog_dir is not None:
             env["DELIVERY_CATALOG_DIR"] = str(self.catalog_dir)
+        env.update(self._topology().environment())
         env.update(self.extra_env)
         return env
 
-    def _cluster(self) -> Any:
-        from delivery.devenv.postgres import PostgresCluster
+    # -- the metadata database -------------------------------------------------------
 
-        port = int(self._pg_port_file.read_text()) if self._pg_port_file.is_file() else None
-        folder = self.home / "postgres"
+    def _cluster_folder(self) -> Path:
         if os.geteuid() == 0:
             # The server runs as the postgres user, who must reach the folder: keep it out of
             # private (0700) parents such as a test's tmp path, in /var/tmp which survives reboots.
             key = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
-            folder = Path("/var/tmp") / f"delivery-airflow-postgres-{key}"
-        cluster = PostgresCluster(folder=folder, port=port, user="airflow")
-        self._pg_port_file.write_text(str(cluster.port))
-        return cluster
+            return Path("/var/tmp") / f"delivery-airflow-postgres-{key}"
+        return self.home / "postgres"
+
+    def _cluster(self) -> PostgresCluster:
+        port = int(self._pg_port_file.read_text()) if self._pg_port_file.is_file() else None
+        return PostgresCluster(
+            folder=self._cluster_folder(), port=port, user="airflow", password=self._secret("postgres")
+        )
+
+    def _start_database(self) -> None:
+        last = self.home / "database"
+        if last.is_file() and last.read_text().strip() != self.database:
+            print(
+                f"[airflow] metadata database: {self.database} (this home used {last.read_text().strip()} "
+                "before; its run history stays there)",
+                file=sys.stderr,
+            )
+        if self.database == "postgresql":
+            try:
+                cluster = self._cluster().start()
+                self._pg_port_file.write_text(str(cluster.port))
+                cluster.create_database("airflow")
+            except PostgresError as exc:
+                raise AirflowError(
+                    f"the metadata database (PostgreSQL) cannot start: {exc}. Fix that and start again, or "
+                    "ask for SQLite explicitly (--database sqlite or DELIVERY_AIRFLOW_DB=sqlite), which "
+                    "cannot run backfills and starts with an empty history"
+                ) from exc
+        last.write_text(self.database)
 
     def database_url(self) -> str:
-        """PostgreSQL where available (backfills need it), else SQLite."""
-        if self.postgres and self._pg_port_file.is_file():
-            return f"postgresql+psycopg2://airflow@127.0.0.1:{self._pg_port_file.read_text().strip()}/airflow"
-        return f"sqlite:///{self.home}/airflow.db"
+        """The metadata database: our PostgreSQL (with its password), or SQLite only when asked for."""
+        if self.database == "sqlite":
+            return f"sqlite:///{self.home}/airflow.db"
+        if not self._pg_port_file.is_file():
+            raise AirflowError(f"PostgreSQL of {self.home} is not started yet (start() first)")
+        password = quote(self._secret("postgres"), safe="")
+        port = self._pg_port_file.read_text().strip()
+        return f"postgresql+psycopg2://airflow:{password}@127.0.0.1:{port}/airflow"
+
+    # -- lifecycle ------------------------------------------------------------------
 
     @property
     def pid_file(self) -> Path:
@@ -153,54 +225,55 @@ class AirflowServer:
 
     @property
     def log_file(self) -> Path:
+        if self.topology_name == "distributed":
+            return self.home / "logs" / "stack"
         return self.home / "standalone.log"
 
+    def components(self) -> dict[str, int]:
+        """Pid of each running component (each leads its own process group), and of PostgreSQL."""
+        pids = self._topology().pids() if self._pg_port_file.is_file() or self.database == "sqlite" else {}
+        if self.database == "postgresql" and self._pg_port_file.is_file():
+            pid = self._cluster().server_pid()
+            if pid:
+                pids["postgres"] = pid
+        return pids
+
+    def health(self) -> dict[str, str]:
+        """Health of the components the api-server's monitor does not show one by one (distributed)."""
+        return self._topology().health(self.environment())
+
     def running(self) -> bool:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return False
-        return True
+        return bool({k: v for k, v in self.components().items() if k not in ("postgres", "redis")})
 
     def start(self, *, timeout: float = 240.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.passwords_file.write_text(json.dumps(self.users, indent=2))
-        self.passwords_file.chmod(0o600)
-        if self.running():
-            self.wait_healthy(timeout=timeout)
-            self.ensure_pools()
-            return
-        if self.postgres:
-            from delivery.devenv.postgres import PostgresError
-
-            try:
-                cluster = self._cluster().start()
-                cluster.create_database("airflow")
-            except PostgresError as exc:
-                print(
-                    f"PostgreSQL unavailable ({exc}); using SQLite, which cannot run backfills",
-                    file=sys.stderr,
-                )
-                self._pg_port_file.unlink(missing_ok=True)
-                self.postgres = False
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "standalone"],
-            env=self.environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=self.home,
-        )
-        self.pid_file.write_text(str(proc.pid))
+        _private_json(self.passwords_file, self.users)
+        self._start_database()
+        self._topology_file.write_text(self.topology_name)
+        env = self.environment()
+        topology = self._topology()
+        serving = {"airflow-apiserver", "airflow-standalone"} & set(topology.pids())
+        if not serving and port_in_use(self.port):
+            raise AirflowError(f"port {self.port} is in use by another program: choose another (--port)")
         try:
-            self.wait_healthy(timeout=timeout, proc=proc)
-            self.ensure_pools()
-        except AirflowError:
-            self.stop()
-            raise
+            procs = topology.start(env)
+        except (TopologyError, RedisError) as exc:
+            raise AirflowError(str(exc)) from exc
+        try:
+            self.wait_healthy(timeout=timeout if procs else min(timeout, 90.0), procs=procs, env=env)
+        except AirflowError as exc:
+            if procs:
+                self.stop()
+                raise
+            print(f"[airflow] adopted processes are not healthy ({exc}); restarting them", file=sys.stderr)
+            topology.stop()
+            procs = topology.start(env)
+            try:
+                self.wait_healthy(timeout=timeout, procs=procs, env=env)
+            except AirflowError:
+                self.stop()
+                raise
+        self.ensure_pools()
 
     def ensure_pools(self) -> None:
         """Create (or fix) the one-slot deploy pools of the catalog; idempotent."""
@@ -217,66 +290,60 @@ class AirflowServer:
                 },
             )
 
-    def wait_healthy(self, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    def _monitor(self) -> str | None:
+        try:
+            resp = requests.get(f"{self.base_url}/api/v2/monitor/health", timeout=3)
+            states = {k: (v or {}).get("status") for k, v in resp.json().items()}
+        except (requests.RequestException, ValueError) as exc:
+            return str(exc)
+        wanted = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        if resp.ok and all(states.get(name) == "healthy" for name in wanted):
+            return None
+        return str(states)
+
+    def wait_healthy(
+        self,
+        *,
+        timeout: float,
+        procs: list[subprocess.Popen[bytes]] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        topology = self._topology()
+        env = env or self.environment()
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise AirflowError(f"airflow standalone exited with {proc.returncode}; see {self.log_file}")
-            try:
-                resp = requests.get(f"{self.base_url}/api/v2/monitor/health", timeout=3)
-                body = resp.json()
-                states = {k: (v or {}).get("status") for k, v in body.items()}
-                if (
-                    resp.ok
-                    and states.get("metadatabase") == "healthy"
-                    and states.get("scheduler") == "healthy"
-                    and states.get("triggerer") == "healthy"
-                    and states.get("dag_processor") == "healthy"
-                ):
-                    return
-                last = str(states)
-            except (requests.RequestException, ValueError) as exc:
-                last = str(exc)
+            for proc in procs or ():
+                if proc.poll() is not None:
+                    raise AirflowError(
+                        f"{' '.join(str(a) for a in proc.args[:4])} exited with {proc.returncode}; "  # type: ignore[index]
+                        f"see {self.log_file}"
+                    )
+            last = self._monitor() or topology.check(env) or ""
+            if not last:
+                return
             time.sleep(1)
         raise AirflowError(
             f"Airflow at {self.base_url} not healthy after {timeout:.0f}s ({last}); see {self.log_file}"
         )
 
     def stop(self, *, timeout: float = 30.0) -> None:
-        try:
-            pid = int(self.pid_file.read_text())
-        except (OSError, ValueError):
-            pid = 0
-        for sig in (signal.SIGTERM, signal.SIGKILL) if pid else ():
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.2)
-            else:
-                continue
-            break
-        self.pid_file.unlink(missing_ok=True)
-        if self.postgres and self._pg_port_file.is_file():
+        """Stop every process of this Airflow (both topologies, and orphans), then PostgreSQL."""
+        Standalone(home=self.home).stop()
+        if (self.home / "run").is_dir() and (self.database == "sqlite" or self._pg_port_file.is_file()):
+            Distributed(
+                home=self.home, redis_password=self._secret("redis"), database_url=self.database_url()
+            ).stop()
+        if self.database == "postgresql" and self._pg_port_file.is_file():
             self._cluster().stop()
 
     def destroy(self) -> None:
         """Stop, and delete the metadata database (for throwaway Airflows such as tests)."""
         self.stop()
-        if self._pg_port_file.is_file():
-            cluster = self._cluster()
-            self._pg_port_file.unlink(missing_ok=True)
-            if cluster.folder != self.home / "postgres":
-                import shutil
-
-                shutil.rmtree(cluster.folder, ignore_errors=True)
+        self._pg_port_file.unlink(missing_ok=True)
+        folder = self._cluster_folder()
+        if folder != self.home / "postgres":
+            shutil.rmtree(folder, ignore_errors=True)
 
     # -- REST ---------------------------------------------------------------------
 
@@ -405,20 +472,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=PROJECT_ROOT / ".local" / "airflow")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--catalog", type=Path, default=PROJECT_ROOT / "include" / "catalog-local")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="the docker-compose.yaml topology, natively: Redis, two schedulers, Celery workers",
+    )
+    parser.add_argument(
+        "--database",
+        choices=DATABASES,
+        default=os.environ.get("DELIVERY_AIRFLOW_DB") or "postgresql",
+        help="metadata database (default: postgresql, or $DELIVERY_AIRFLOW_DB)",
+    )
     args = parser.parse_args(argv)
-    server = AirflowServer(home=args.home, port=args.port, catalog_dir=args.catalog)
-    if args.command == "stop":
-        server.stop()
-        print("Airflow stopped")
-        return 0
-    if args.command == "status":
-        print("running" if server.running() else "stopped")
-        return 0 if server.running() else 1
-    server.start()
-    for dag in ("deliver_visiobook_demo_web", "deliver_visiobook_inference"):
-        server.wait_dag(dag)
-        server.unpause(dag)
-    print(json.dumps({"url": server.base_url, "users": server.users}))
+    topology = "distributed" if args.distributed else ("standalone" if args.command == "start" else None)
+    try:
+        server = AirflowServer(
+            home=args.home,
+            port=args.port,
+            catalog_dir=args.catalog,
+            database=args.database,
+            topology=topology,
+        )
+        if args.command == "stop":
+            server.stop()
+            print("Airflow stopped")
+            return 0
+        if args.command == "status":
+            pids = server.components()
+            print(json.dumps({"topology": server.topology_name, "pids": pids}))
+            return 0 if server.running() else 1
+        server.start()
+        for dag in ("deliver_visiobook_demo_web", "deliver_visiobook_inference"):
+            server.wait_dag(dag)
+            server.unpause(dag)
+    except AirflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "url": server.base_url,
+                "users": server.users,
+                "topology": server.topology_name,
+                "pids": server.components(),
+                "logs": str(server.log_file),
+            }
+        )
+    )
     return 0
 
 

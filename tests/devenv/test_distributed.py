@@ -1,0 +1,77 @@
+"""The distributed deployment runs for real: two schedulers, Celery workers per queue, a run completes.
+
+Starts the native topology of docker-compose.yaml (``AirflowServer(topology="distributed")``,
+what ``scripts/run-local.sh start --distributed`` runs) on PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from delivery.devenv.airflow_server import AirflowServer
+from delivery.devenv.processes import alive
+from delivery.devenv.settings import COMPONENTS
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.e2e
+
+DAGS = Path(__file__).parent / "dags"
+DAG = "devenv_probe"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[AirflowServer]:
+    airflow = AirflowServer(
+        home=tmp_path / "airflow", port=free_port(), dags_folder=DAGS, topology="distributed"
+    )
+    try:
+        airflow.start(timeout=300)
+        yield airflow
+    finally:
+        airflow.destroy()
+
+
+def _xcom(server: AirflowServer, run_id: str, task_id: str) -> str:
+    path = f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+    return str(server.api("GET", path, params={"deserialize": True})["value"]).strip("'\"")
+
+
+def test_distributed_stack_runs_a_dag_on_celery_workers(server: AirflowServer) -> None:
+    pids = server.components()
+    assert set(pids) == {c.name for c in COMPONENTS} | {"redis", "postgres"}
+    assert len(set(pids.values())) == len(pids)
+    assert server.health() == {
+        c.name: "healthy" for c in COMPONENTS if c.kind in ("scheduler", "celery-worker")
+    }
+    jobs = server.api("GET", "/jobs", params={"job_type": "SchedulerJob", "is_alive": True, "limit": 100})
+    assert len(jobs["jobs"]) == 2
+
+    server.wait_dag(DAG)
+    server.unpause(DAG)
+    run_id = server.trigger(DAG, conf={"sleep": 0})
+    assert server.wait_run(DAG, run_id, timeout=240) == "success"
+
+    assert _xcom(server, run_id, "work") in ("airflow-worker-1", "airflow-worker-2")
+    assert _xcom(server, run_id, "gpu_work") == "airflow-worker-gpu"
+    gpu = server.api("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/gpu_work")
+    assert gpu["queue"] == "gpu"
+
+
+def test_a_killed_worker_is_restarted_and_the_rest_adopted(server: AirflowServer) -> None:
+    before = server.components()
+    os.killpg(before["airflow-worker-2"], signal.SIGKILL)
+
+    server.start(timeout=300)
+
+    after = server.components()
+    assert not alive(before["airflow-worker-2"])
+    assert after["airflow-worker-2"] != before["airflow-worker-2"]
+    assert {k: v for k, v in after.items() if k != "airflow-worker-2"} == {
+        k: v for k, v in before.items() if k != "airflow-worker-2"
+    }
+    assert server.health()["airflow-worker-2"] == "healthy"

@@ -196,3 +196,43 @@ def test_bad_profile_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch)
         ProfileError, match=r"DELIVERY_PROFILE='cloud' is not a profile; use kubernetes \| local"
     ):
         active_profile(catalog.platform)
+
+
+def test_gpu_stages_run_on_the_gpu_queue_and_everything_else_on_the_default_one(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["deliver_visiobook_inference"]
+    gpu = {t.task_id for t in dag.tasks if t.queue == "gpu"}
+    assert gpu == {"gpu_tests.inference", "gpu_tests.benchmark"}
+    assert {t.queue for t in dag.tasks if t.task_id not in gpu} == {"default"}
+
+
+def test_deploy_sections_take_one_slot_pools_and_human_gates_hold_none(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["deliver_visiobook_web"]
+    pools = {t.task_id: t.pool for t in dag.tasks}
+    for task in ("deploy_staging.gitops_commit", "deploy_staging.sync", "integration.staging_tests"):
+        assert pools[task] == "deploy-visiobook-web-staging", task
+    for task in ("deploy_production.gitops_commit", "verify_production.verify", "rollback.revert"):
+        assert pools[task] == "deploy-visiobook-web-production", task
+    for task in (
+        "approval.approve_production",
+        "rollback.migration_gate",
+        "validate.trust",
+        "build_and_test.build",
+    ):
+        assert pools[task] == "default_pool", task
+    rollback = dagbag.dags["rollback_visiobook_web"]
+    assert {rollback.get_task(t).pool for t in ("revert", "sync")} == {"deploy-visiobook-web-production"}
+
+
+def test_the_pools_command_lists_every_deploy_pool(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from delivery.cli import main
+
+    assert main(["pools"]) == 0
+    pools = json.loads(capsys.readouterr().out)
+    assert pools["deploy-visiobook-api-production"] == {
+        "slots": 1,
+        "description": "one deploy section of visiobook-api in production at a time",
+        "include_deferred": True,
+    }
+    assert len(pools) == 2 * len(SERVICES)

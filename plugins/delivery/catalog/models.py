@@ -396,6 +396,17 @@ class Connections(StrictModel):
     )
 
 
+class Queues(StrictModel):
+    """Executor queues (Celery): where each kind of task runs. The LocalExecutor ignores them."""
+
+    default: str = Field(default="default", description="Every task that is not a GPU stage.")
+    gpu: str = Field(
+        default="gpu",
+        description="GPU stages (inference tests, benchmark); in the kubernetes profile, the worker that "
+        "launches and watches their pods.",
+    )
+
+
 class GitOpsSpec(StrictModel):
     repo_url: str
     branch: str = "main"
@@ -414,6 +425,7 @@ class Platform(StrictModel):
     gitops: GitOpsSpec
     airflow_base_url: str = "http://localhost:8080"
     connections: Connections = Connections()
+    queues: Queues = Queues()
     kubernetes: KubernetesPlatform = KubernetesPlatform()
     local: LocalPlatform = LocalPlatform()
     notifications: NotificationRouting = NotificationRouting(

@@ -185,6 +185,8 @@ class DagFactory:
             else:
                 task = self._builders[step.kind](step, service)
             _add_failure_event(task, step, service)
+            gpu_stage = step.stage is not None and self._resolved(service)[step.stage].gpu
+            task.queue = self.platform.queues.gpu if gpu_stage else self.platform.queues.default
             section = deploy_section(step)
             if section is not None:  # one deploy section at a time per service and environment
                 task.pool = deploy_pool(service.name, section)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from delivery.gitops.repo import ReleaseMetadata
+from delivery.gitops import ReleaseMetadata
 from delivery.pipeline import task_ids as ids
 from delivery.runtime import PipelineError, gitops_repo, service
 

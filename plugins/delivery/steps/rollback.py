@@ -26,7 +26,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
-from delivery.gitops.repo import (
+from delivery.gitops import (
     Release,
     ReleaseAction,
     ReleaseMetadata,

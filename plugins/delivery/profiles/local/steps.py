@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from delivery.catalog import Service
-from delivery.gitops.repo import read_image
+from delivery.gitops import read_image
 from delivery.paths import git_url, project_path
 from delivery.runtime import PipelineError, catalog, gitops_repo, service
 from delivery.steps.release import checked_out

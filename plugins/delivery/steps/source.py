@@ -12,34 +12,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from delivery.image_tags import image_tags
 from delivery.paths import git_url
 from delivery.runtime import PipelineError, service
 
 log = logging.getLogger(__name__)
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-SEMVER_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?$")
-
-
-def docker_tag(value: str) -> str:
-    """A branch name as a valid image tag: [A-Za-z0-9_.-], at most 128 chars, no leading '.' or '-'."""
-    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", value).lstrip(".-")[:128]
-    return tag or "unnamed"
-
-
-def image_tags(*, sha: str, branch: str | None, tag: str | None) -> list[str]:
-    """Tags of a release image: the commit sha, the branch, and the semver of a release tag."""
-    tags = [sha]
-    if branch:
-        tags.append(docker_tag(branch))
-    if tag:
-        match = SEMVER_RE.match(tag)
-        if match:
-            major, minor, _patch = match.groups()
-            tags += [tag.removeprefix("v"), f"{major}.{minor}"]
-        else:
-            tags.append(docker_tag(tag))
-    return list(dict.fromkeys(tags))
 
 
 def ls_remote(url: str, patterns: list[str]) -> dict[str, str]:

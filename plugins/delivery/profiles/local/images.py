@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from delivery.gitops.errors import GitCommandError
+from delivery.gitops.git import Git, redact_url
 from delivery.image_tags import SEMVER_RE, image_tags
 
 if TYPE_CHECKING:
@@ -267,19 +268,14 @@ def _docker_client() -> docker.DockerClient:
 
 
 def _source_url(context_dir: Path) -> str:
+    """The ``origin`` of the checkout the context is in (without credentials), else the folder."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(context_dir), "remote", "get-url", "origin"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
+        url = Git(cwd=context_dir, timeout_s=10).output(
+            "remote", "get-url", "--", "origin", action="git remote"
         )
-    except (OSError, subprocess.SubprocessError):
-        out = None
-    if out is not None and out.returncode == 0 and out.stdout.strip():
-        return out.stdout.strip()
-    return context_dir.resolve().as_uri()
+    except GitCommandError:
+        url = ""
+    return redact_url(url) if url else context_dir.resolve().as_uri()
 
 
 def _dockerfile_in_context(context_dir: Path, dockerfile: str | Path) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from delivery.catalog import Catalog, Service, load_catalog
 from delivery.catalog.loader import catalog_dir
-from delivery.gitops.repo import GitOpsRepo
+from delivery.gitops import GitOpsRepo
 from delivery.paths import git_url
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from delivery.gitops.repo import ReleaseMetadata
+from delivery.gitops import ReleaseMetadata
 
 if TYPE_CHECKING:
     from pathlib import Path

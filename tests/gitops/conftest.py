@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from delivery.gitops.repo import GitOpsRepo
+from delivery.gitops import GitOpsRepo
 from tests.gitops._support import Remote, seed_remote
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
-from delivery.gitops.repo import DeployResult, GitOpsRepo, ReleaseAction, read_image
+from delivery.gitops import DeployResult, GitOpsRepo, ReleaseAction, read_image
 from tests.gitops._support import API_PROD, API_PROD_TEXT, API_STAGING, WORKER_PROD, Remote, meta
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ def test_concurrent_deployers_sharing_a_workdir(remote: Remote, make_repo: RepoF
 
 @pytest.mark.parametrize("tag", ["", " 1.0", "a\nb"])
 def test_bad_image_tag_is_refused(make_repo: RepoFactory, tag: str) -> None:
-    from delivery.gitops.repo import InvalidRequestError
+    from delivery.gitops import InvalidRequestError
 
     with pytest.raises(InvalidRequestError):
         make_repo().deploy(

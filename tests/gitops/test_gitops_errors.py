@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from delivery.gitops.repo import (
-    _CREDENTIAL_HELPER,
+from delivery.gitops import (
+    Git,
     GitCommandError,
     GitOpsError,
     GitOpsLockTimeoutError,
@@ -19,6 +19,7 @@ from delivery.gitops.repo import (
     ValuesFileError,
     ValuesFileNotFoundError,
 )
+from delivery.gitops.git import CREDENTIAL_HELPER
 from tests.gitops._support import API_PROD, Remote, git, meta
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def test_missing_branch(remote: Remote, make_repo: RepoFactory) -> None:
 
 
 def test_credentials_never_leak(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("DEBUG", logger="delivery.gitops.repo")
+    caplog.set_level("DEBUG", logger="delivery.gitops")
     repo = GitOpsRepo(
         url="https://deployer:url-s3cret@127.0.0.1:9/visiobook/gitops.git",
         workdir=tmp_path / "work",
@@ -86,14 +87,13 @@ def test_credentials_never_leak(tmp_path: Path, caplog: pytest.LogCaptureFixture
 
 
 def test_credentials_reach_git_through_the_helper_only(tmp_path: Path) -> None:
-    repo = GitOpsRepo(url=str(tmp_path / "r.git"), workdir=tmp_path / "w", username="u", password="p4ss")
-    env = repo._env()
+    env = Git(repo=str(tmp_path / "r.git"), username="u", password="p4ss").env(str(tmp_path))
     assert env["DELIVERY_GITOPS_PASSWORD"] == "p4ss"
     assert env["GIT_TERMINAL_PROMPT"] == "0"
     # The inline helper (run by git as ``sh -c '<helper> "$@"' helper get``)
     # answers the credential protocol from the environment.
     out = subprocess.run(
-        ["sh", "-c", _CREDENTIAL_HELPER[1:] + ' "$@"', "helper", "get"],
+        ["sh", "-c", CREDENTIAL_HELPER[1:] + ' "$@"', "helper", "get"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert out == "username=u\npassword=p4ss\n"

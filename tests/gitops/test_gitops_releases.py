@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from delivery.gitops.repo import (
+from delivery.gitops import (
     GitOpsRepo,
     InvalidRequestError,
     NoStableReleaseError,

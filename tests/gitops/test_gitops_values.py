@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from delivery.gitops.repo import ValuesFileError, read_image, set_image
+from delivery.gitops import ValuesFileError, read_image, set_image
 from tests.gitops._support import API_PROD_TEXT
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from delivery.gitops.repo import Release, ReleaseAction, Verification, VerificationStatus
+from delivery.gitops import Release, ReleaseAction, Verification, VerificationStatus
 from delivery.reporting.dora import RunRecord
 
 SINCE = datetime(2025, 5, 1, tzinfo=UTC)

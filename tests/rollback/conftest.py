@@ -32,7 +32,7 @@ import requests
 import yaml
 
 from delivery.devenv.airflow_server import AirflowServer
-from delivery.gitops.repo import GitOpsRepo, ReleaseMetadata
+from delivery.gitops import GitOpsRepo, ReleaseMetadata
 from tests.helpers import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"

@@ -372,6 +372,11 @@ class LocalPlatform(StrictModel):
     repos_root: str = Field(default=".local/repos", description="Where the demo services' repos live.")
     base_image: str = "visiobook/python-base:bookworm"
     stage_timeout: Duration = timedelta(minutes=20)
+    keep_failed_workspaces: Duration = Field(
+        default=timedelta(hours=24),
+        description="How long the checkout of a failed run is kept for inspection; a later run removes "
+        "it after that. A successful run's checkout is removed when the run ends.",
+    )
 
 
 class Connections(StrictModel):

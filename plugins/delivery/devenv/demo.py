@@ -18,32 +18,23 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from delivery.gitops import Git, GitIdentity, ls_remote
 from delivery.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
 DEMO_SERVICES = ("visiobook-demo-web", "visiobook-inference")
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Visiobook Demo",
-    "GIT_AUTHOR_EMAIL": "demo@visiobook.invalid",
-    "GIT_COMMITTER_NAME": "Visiobook Demo",
-    "GIT_COMMITTER_EMAIL": "demo@visiobook.invalid",
-    "GIT_TERMINAL_PROMPT": "0",
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-}
+DEMO_IDENTITY = GitIdentity("Visiobook Demo", "demo@visiobook.invalid")
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
-    env = {**GIT_ENV, "HOME": tempfile.gettempdir()}
-    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
+    """Run git (the project's runner) as the demo identity; its output, stripped."""
+    runner = Git(cwd=cwd, identity=DEMO_IDENTITY)
+    return runner.output(*args, action=f"git {args[0]}").strip()
 
 
 def _ignore(_dir: str, names: list[str]) -> set[str]:
@@ -55,18 +46,18 @@ def make_service_repo(name: str, *, state: Path) -> tuple[Path, Path]:
     work = state / "src" / name
     if not bare.exists():
         bare.parent.mkdir(parents=True, exist_ok=True)
-        git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
+        git("init", "--quiet", "--bare", "--initial-branch=main", "--", str(bare))
     if not work.exists():
         work.parent.mkdir(parents=True, exist_ok=True)
-        git("clone", "--quiet", str(bare), str(work))
+        git("clone", "--quiet", "--", str(bare), str(work))
         git("checkout", "--quiet", "-B", "main", cwd=work)
-        if not git("ls-remote", "--heads", str(bare), "main"):
+        if "refs/heads/main" not in ls_remote(str(bare), ["refs/heads/main"]):
             shutil.copytree(
                 PROJECT_ROOT / "include" / "services" / name, work, dirs_exist_ok=True, ignore=_ignore
             )
             git("add", "-A", cwd=work)
             git("commit", "--quiet", "-m", f"{name}: initial import", cwd=work)
-            git("push", "--quiet", "origin", "main", cwd=work)
+            git("push", "--quiet", "--", "origin", "main", cwd=work)
     return bare, work
 
 
@@ -75,10 +66,10 @@ def make_gitops_repo(*, state: Path, services: tuple[str, ...] = DEMO_SERVICES) 
     if bare.exists():
         return bare
     bare.parent.mkdir(parents=True, exist_ok=True)
-    git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
+    git("init", "--quiet", "--bare", "--initial-branch=main", "--", str(bare))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "gitops"
-        git("clone", "--quiet", str(bare), str(work))
+        git("clone", "--quiet", "--", str(bare), str(work))
         git("checkout", "--quiet", "-B", "main", cwd=work)
         for name in services:
             for env in ("staging", "production"):
@@ -91,7 +82,7 @@ def make_gitops_repo(*, state: Path, services: tuple[str, ...] = DEMO_SERVICES) 
         )
         git("add", "-A", cwd=work)
         git("commit", "--quiet", "-m", "Seed the desired state of the demo services", cwd=work)
-        git("push", "--quiet", "origin", "main", cwd=work)
+        git("push", "--quiet", "--", "origin", "main", cwd=work)
     return bare
 
 

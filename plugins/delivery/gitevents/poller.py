@@ -40,8 +40,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,6 +50,8 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from delivery.catalog.models import Catalog, Service
 from delivery.gitevents.routing import ZERO_SHA, GitEvent, normalize_repo_url, route, run_id_for
+from delivery.gitops import GitCommandError, ls_remote
+from delivery.paths import git_url
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -102,33 +102,16 @@ def watched_repos(catalog: Catalog) -> list[WatchedRepo]:
 
 
 def ls_remote_heads(url: str, *, timeout: float = 30.0) -> dict[str, str]:
-    """``git ls-remote --heads url`` -> {branch: sha}."""
-    from delivery.paths import git_url
-
-    env = {
-        "GIT_TERMINAL_PROMPT": "0",
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": tempfile.gettempdir(),
-    }
+    """``git ls-remote --heads url`` -> {branch: commit sha}, through the project's git runner."""
     try:
-        proc = subprocess.run(
-            ["git", "ls-remote", "--heads", "--", git_url(url)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise PollError(f"git ls-remote {url} timed out after {timeout:.0f}s") from exc
-    if proc.returncode != 0:
-        raise PollError(f"git ls-remote {url} failed: {proc.stderr.strip()[:300]}")
-    heads = {}
-    for line in proc.stdout.splitlines():
-        sha, _, ref = line.partition("\t")
-        if ref.startswith("refs/heads/"):
-            heads[ref.removeprefix("refs/heads/")] = sha
-    return heads
+        refs = ls_remote(git_url(url), heads=True, timeout_s=timeout)
+    except GitCommandError as exc:
+        raise PollError(str(exc)[:500]) from exc
+    return {
+        name.removeprefix("refs/heads/"): ref.commit
+        for name, ref in refs.items()
+        if name.startswith("refs/heads/")
+    }
 
 
 def watched_heads(heads: Mapping[str, str], services: Iterable[Service]) -> dict[str, str]:

@@ -35,9 +35,13 @@ RUN_KEY = "{{ run_id | replace(':', '-') | replace('+', '-') }}"
 
 
 def stage_env(
-    *, service: Service, platform: Platform, stage: ResolvedStage, workspace: str, registry: str
+    *, service: Service, platform: Platform, stage: ResolvedStage, workspace: str | None, registry: str
 ) -> dict[str, str]:
-    """The env vars a stage command can rely on (see :mod:`delivery.catalog.toolchains`)."""
+    """The env vars a stage command can rely on (see :mod:`delivery.catalog.toolchains`).
+
+    ``workspace`` None: the runner sets ``DELIVERY_WORKSPACE`` itself at run time (the local
+    shell runner, which computes the run's folder from ``DELIVERY_RUN_ID``).
+    """
     env = {
         "DELIVERY_SERVICE": service.name,
         "DELIVERY_STAGE": stage.name,
@@ -45,7 +49,6 @@ def stage_env(
         "DELIVERY_REF": _commit("ref"),
         "DELIVERY_BRANCH": _commit("branch"),
         "DELIVERY_RUN_ID": "{{ run_id }}",
-        "DELIVERY_WORKSPACE": workspace,
         "DELIVERY_REPO_URL": service.repo.url,
         "IMAGE": f"{registry}/{service.image.repository}",
         "IMAGE_TAGS": "{{ ti.xcom_pull(task_ids='" + CHECKOUT_TASK + "')['image_tags'] | join(' ') }}",
@@ -55,6 +58,8 @@ def stage_env(
         "STAGING_URL": service.environments.staging.url,
         "DAST_TARGET_URL": "http://127.0.0.1:8080",
     }
+    if workspace is not None:
+        env["DELIVERY_WORKSPACE"] = workspace
     if service.sonar_project_key:
         env["SONAR_PROJECT_KEY"] = service.sonar_project_key
     if any(s.name == "test-db" for s in stage.services):

@@ -426,7 +426,7 @@ class DagFactory:
         return PythonOperator(
             task_id=step.name,
             python_callable=outcome.outcome,
-            op_kwargs={"mode": step.params["mode"]},
+            op_kwargs={"mode": step.params["mode"], "service_name": service.name},
             trigger_rule=step.trigger_rule.value,
             on_failure_callback=None,
         )

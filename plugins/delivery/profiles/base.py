@@ -52,3 +52,7 @@ class DeliveryProfile(Protocol):
 
     def service_url(self, env: EnvironmentSpec) -> str:
         """Base URL where this profile's deploy target serves an environment."""
+
+    def finish_run(self, *, service: Service, platform: Platform, run_id: str, succeeded: bool) -> None:
+        """End of a run (its outcome task): release what the run's stages left on this profile's
+        workers (the local profile's checkout). Never called at DAG parse time."""

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from delivery.gitops.repo import Release, ReleaseAction, VerificationStatus
+from delivery.gitops import Release, ReleaseAction, VerificationStatus
 
 if TYPE_CHECKING:
     from delivery.catalog.models import Catalog

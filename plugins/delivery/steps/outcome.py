@@ -11,9 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from delivery.catalog import Service
+from delivery.gitops import GitOpsError
 from delivery.notify import PipelineEvent, notify_event
 from delivery.notify.failure import send_slack
 from delivery.pipeline import task_ids as ids
+from delivery.profiles import active_profile
 from delivery.reporting import metrics
 from delivery.runtime import PipelineError, catalog, service
 
@@ -184,8 +186,22 @@ def _record_metrics(svc: Service, states: dict[str, str], outcome: str, context:
         metrics.record_lead_time(service=svc.name, commit_time=started, deployed_at=now)
 
 
-def outcome(*, mode: str = "pipeline", **context: Any) -> str:
-    """Give the run its true state: failed when the release (or the rollback) failed, even after a good rollback."""
+def _finish_run(service_name: str, run_id: str, *, succeeded: bool) -> None:
+    """Let the profile clean up after the run (the local profile's checkout); never fails the outcome."""
+    platform = catalog().platform
+    try:
+        active_profile(platform).finish_run(
+            service=service(service_name), platform=platform, run_id=run_id, succeeded=succeeded
+        )
+    except (OSError, GitOpsError) as exc:
+        log.warning("Could not clean up after run %s of %s: %s", run_id, service_name, exc)
+
+
+def outcome(*, mode: str = "pipeline", service_name: str | None = None, **context: Any) -> str:
+    """Give the run its true state: failed when the release (or the rollback) failed, even after a good rollback.
+
+    The profile then cleans up after the run (``service_name``), keeping what a failed run left.
+    """
     states = task_states(context)
     if mode == "manual":
         result, sentence = describe_rollback(states)
@@ -199,6 +215,8 @@ def outcome(*, mode: str = "pipeline", **context: Any) -> str:
         context["dag_run"].note = sentence  # best effort: visible in the UI's run notes
     except Exception:
         log.debug("run note not writable here", exc_info=True)
+    if service_name is not None:
+        _finish_run(service_name, context["run_id"], succeeded=not failed)
     if failed:
         raise PipelineError(f"{what} {result.replace('_', ' ')}: {sentence}")
     log.info("Outcome: %s", sentence)

@@ -8,14 +8,14 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from delivery.catalog import Service
-from delivery.gitops.repo import ReleaseMetadata
+from delivery.gitops import GitOpsError, ReleaseMetadata
+from delivery.gitops.remote import commit_authors, is_ancestor
 from delivery.integrations.airflow_api import AirflowApiError, AirflowApiHook, describe_state_changes
 from delivery.notify import PipelineEvent, notify_event
 from delivery.paths import git_url
 from delivery.pipeline import task_ids as ids
 from delivery.runtime import PipelineError, catalog, gitops_repo, service
 from delivery.steps.approval import Decision, decide
-from delivery.steps.lineage import commit_authors, is_ancestor
 from delivery.steps.source import SHA_RE
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def production_gate(svc: Service, sha: str, context: dict[str, Any]) -> Decision
         base = current.source_sha if current else None
         authors = commit_authors(git_url(svc.repo.url), base, sha) if svc.four_eyes else []
         decision = decide(detail, service=svc, sha=sha, authors=authors, identities=platform.identities)
-    except (AirflowApiError, PipelineError) as exc:
+    except (AirflowApiError, GitOpsError, PipelineError) as exc:
         decision = Decision.refuse(f"the approval could not be checked: {exc}")
     if not decision.allowed:
         try:

@@ -27,7 +27,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowSkipException
 
 from delivery.catalog import Service
-from delivery.gitops.repo import (
+from delivery.gitops import (
     Release,
     ReleaseAction,
     ReleaseMetadata,

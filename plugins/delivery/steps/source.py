@@ -1,117 +1,91 @@
-"""Source steps: resolve the run's ref to one commit, and the pull-request release gate."""
+"""Source steps: resolve the run's ref to one commit, and the pull-request release gate.
+
+Every sha this module hands on names a **commit**: annotated tags are peeled
+(``^{}``), whether the tag comes as a ref to look up or as the sha of an event
+(a GitHub push of an annotated tag carries the tag object's sha in ``after``).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
-import subprocess
-import tempfile
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
+from delivery.gitops import GitCommandError, GitOpsError, RemoteRef, ls_remote
+from delivery.gitops.remote import mirror, resolve_commit
+from delivery.image_tags import image_tags
 from delivery.paths import git_url
 from delivery.runtime import PipelineError, service
 
 log = logging.getLogger(__name__)
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-SEMVER_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?$")
-
-
-def docker_tag(value: str) -> str:
-    """A branch name as a valid image tag: [A-Za-z0-9_.-], at most 128 chars, no leading '.' or '-'."""
-    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", value).lstrip(".-")[:128]
-    return tag or "unnamed"
-
-
-def image_tags(*, sha: str, branch: str | None, tag: str | None) -> list[str]:
-    """Tags of a release image: the commit sha, the branch, and the semver of a release tag."""
-    tags = [sha]
-    if branch:
-        tags.append(docker_tag(branch))
-    if tag:
-        match = SEMVER_RE.match(tag)
-        if match:
-            major, minor, _patch = match.groups()
-            tags += [tag.removeprefix("v"), f"{major}.{minor}"]
-        else:
-            tags.append(docker_tag(tag))
-    return list(dict.fromkeys(tags))
-
-
-def ls_remote(url: str, patterns: list[str]) -> dict[str, str]:
-    """``git ls-remote`` -> {ref: sha}. Works against any git server."""
-    env = {
-        "GIT_TERMINAL_PROMPT": "0",
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": tempfile.gettempdir(),
-    }
-    proc = subprocess.run(
-        ["git", "ls-remote", "--", url, *patterns],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise PipelineError(f"git ls-remote {url} failed: {proc.stderr.strip()[:500]}")
-    refs = {}
-    for line in proc.stdout.splitlines():
-        sha, _, ref = line.partition("\t")
-        refs[ref] = sha
-    return refs
 
 
 def head_at(*, url: str, branch: str, moment: datetime) -> str:
     """The commit that was the head of ``branch`` at ``moment`` (committer date, first parents)."""
-    env = {
-        "GIT_TERMINAL_PROMPT": "0",
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": tempfile.gettempdir(),
-    }
-    mirror = Path(tempfile.gettempdir()) / "delivery-mirrors" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    if (mirror / "HEAD").exists():
-        cmd = [
-            "git",
-            "-C",
-            str(mirror),
-            "fetch",
-            "--quiet",
-            "--prune",
-            "origin",
-            "+refs/heads/*:refs/heads/*",
-        ]
-    else:
-        mirror.parent.mkdir(parents=True, exist_ok=True)
-        cmd = ["git", "clone", "--quiet", "--mirror", url, str(mirror)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
-    if proc.returncode != 0:
-        raise PipelineError(f"cannot fetch {url}: {proc.stderr.strip()[:500]}")
-    proc = subprocess.run(
-        [
-            "git",
-            "-C",
-            str(mirror),
+    try:
+        runner = mirror(url)
+        sha = runner.output(
             "rev-list",
             "-1",
             "--first-parent",
             f"--before={moment.isoformat()}",
+            "--end-of-options",
             f"refs/heads/{branch}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-    sha = proc.stdout.strip()
-    if proc.returncode != 0 or not sha:
+            "--",
+            action="git rev-list",
+        )
+    except GitCommandError as exc:
+        raise PipelineError(f"cannot find the head of branch {branch!r} of {url}: {exc}") from exc
+    if not sha:
         raise PipelineError(f"branch {branch!r} of {url} had no commit before {moment.isoformat()}")
     return sha
+
+
+def _remote_refs(url: str, service_name: str, ref: str, candidates: list[str]) -> dict[str, RemoteRef]:
+    try:
+        return ls_remote(url, candidates)
+    except GitCommandError as exc:
+        raise PipelineError(f"service {service_name!r}: cannot resolve ref {ref!r}: {exc}") from exc
+
+
+def _commit_of_event(*, url: str, service_name: str, ref: str, sha: str) -> str:
+    """The commit an event's ``sha`` names: a push of an annotated tag gives the *tag object's* sha.
+
+    The tag as the remote has it now answers when it still is that object; a
+    tag moved since is peeled in the mirror, where the sha must be known.
+    """
+    found = _remote_refs(url, service_name, ref, [ref]).get(ref)
+    if found is not None and sha in (found.object, found.commit):
+        if found.commit != sha:
+            log.info("%s is the annotated tag object of %s: building its commit %s", sha, ref, found.commit)
+        return found.commit
+    try:
+        commit = resolve_commit(url, sha)
+    except GitOpsError as exc:
+        raise PipelineError(f"service {service_name!r}: sha {sha} of {ref} is not a commit: {exc}") from exc
+    if commit != sha:
+        log.info("%s is a tag object: building the commit it tags, %s", sha, commit)
+    return commit
+
+
+def _lookup(*, url: str, service_name: str, ref: str) -> tuple[str, str | None, str | None]:
+    """(commit, branch, tag) a ref names on the remote; annotated tags peeled to their commit."""
+    candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+    refs = _remote_refs(url, service_name, ref, candidates)
+    for cand in candidates:
+        if cand in refs:
+            if cand.startswith("refs/heads/"):
+                return refs[cand].commit, cand.removeprefix("refs/heads/"), None
+            if cand.startswith("refs/tags/"):
+                return refs[cand].commit, None, cand.removeprefix("refs/tags/")
+            return refs[cand].commit, None, None
+    raise PipelineError(
+        f"service {service_name!r}: ref {ref!r} was not found in {url}; "
+        "give an existing branch, tag or a full 40-character sha"
+    )
 
 
 def resolve_source(*, service_name: str, params: dict[str, Any], **context: Any) -> dict[str, Any]:
@@ -121,6 +95,7 @@ def resolve_source(*, service_name: str, params: dict[str, Any], **context: Any)
     head of the branch at the end of their data interval.
     """
     svc = service(service_name)
+    url = git_url(svc.repo.url)
     ref = (params.get("ref") or "").strip() or svc.repo.release_branch
     sha = (params.get("sha") or "").strip().lower()
     dag_run = context.get("dag_run")
@@ -130,7 +105,7 @@ def resolve_source(*, service_name: str, params: dict[str, Any], **context: Any)
     interval_end = context.get("data_interval_end")
     if not sha and run_type in ("scheduled", "backfill") and interval_end is not None:
         branch_name = ref.removeprefix("refs/heads/")
-        sha = head_at(url=git_url(svc.repo.url), branch=branch_name, moment=interval_end)
+        sha = head_at(url=url, branch=branch_name, moment=interval_end)
         ref = f"refs/heads/{branch_name}"
         log.info(
             "%s run for the interval ending %s: head of %s was %s", run_type, interval_end, branch_name, sha
@@ -144,31 +119,11 @@ def resolve_source(*, service_name: str, params: dict[str, Any], **context: Any)
     elif SHA_RE.match(ref.lower()):
         sha = sha or ref.lower()
     if not sha:
-        candidates = (
-            [ref]
-            if ref.startswith("refs/")
-            else [f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"]
-        )
-        try:
-            refs = ls_remote(git_url(svc.repo.url), candidates)
-        except PipelineError as exc:
-            raise PipelineError(f"service {service_name!r}: cannot resolve ref {ref!r}: {exc}") from exc
-        for cand in candidates:
-            if cand in refs:
-                sha = refs[cand]
-                name = cand.removesuffix("^{}")
-                if name.startswith("refs/heads/"):
-                    branch = name.removeprefix("refs/heads/")
-                elif name.startswith("refs/tags/"):
-                    tag = name.removeprefix("refs/tags/")
-                break
-        if not sha:
-            raise PipelineError(
-                f"service {service_name!r}: ref {ref!r} was not found in {svc.repo.url}; "
-                "give an existing branch, tag or a full 40-character sha"
-            )
+        sha, branch, tag = _lookup(url=url, service_name=service_name, ref=ref)
     elif not SHA_RE.match(sha):
         raise PipelineError(f"service {service_name!r}: sha {sha!r} is not a full 40-character commit sha")
+    elif tag is not None:
+        sha = _commit_of_event(url=url, service_name=service_name, ref=ref, sha=sha)
     if branch is None and tag is None and not SHA_RE.match(ref.lower()):
         branch = ref
     result = {

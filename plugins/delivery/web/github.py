@@ -58,8 +58,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +72,8 @@ from starlette.concurrency import run_in_threadpool
 
 from delivery.catalog.fields import parse_duration
 from delivery.gitevents.routing import ZERO_SHA, GitEvent, Routing, Target, route, run_id_for, services_of
+from delivery.gitops import Git, GitOpsError
+from delivery.gitops.git import check_sha
 
 log = logging.getLogger(__name__)
 
@@ -298,28 +298,24 @@ def pull_request_event(payload: dict[str, Any]) -> GitEvent:
 
 
 def local_changed_files(*, url: str, before: str, after: str, timeout: float = 5.0) -> frozenset[str] | None:
-    """``git diff --name-only before after`` in a local repository; ``None`` when not possible."""
+    """``git diff --name-only before after`` in a local repository; ``None`` when not possible.
+
+    ``before`` and ``after`` come from the payload: anything but two full shas is not looked up.
+    """
     from delivery.paths import git_url
 
     resolved = git_url(url)
     if "://" in resolved or not before or before == ZERO_SHA or not Path(resolved).is_dir():
         return None
-    env = {"GIT_TERMINAL_PROMPT": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    env["HOME"] = tempfile.gettempdir()
     try:
-        proc = subprocess.run(
-            ["git", "--git-dir", resolved, "diff", "--name-only", before, after, "--"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            check=False,
+        old, new = check_sha(before), check_sha(after)
+        out = Git(git_dir=Path(resolved), timeout_s=timeout).output(
+            "diff", "--name-only", "--end-of-options", old, new, "--", action="git diff"
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except GitOpsError as exc:
+        log.info("changed files of %s..%s unknown: %s", before, after, exc)
         return None
-    if proc.returncode != 0:
-        return None
-    return frozenset(line for line in proc.stdout.splitlines() if line)
+    return frozenset(line for line in out.splitlines() if line)
 
 
 # -- triggering -----------------------------------------------------------------------

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from delivery.image_tags import docker_tag, image_tags, semver_tags
 from delivery.profiles.local.containers import container_name
-from delivery.profiles.local.images import ImageRef, RetryPolicy, _registry_base, image_tags, sanitize_tag
+from delivery.profiles.local.images import ImageRef, RetryPolicy, _registry_base
+
+SHA = "a" * 40
 
 
 @pytest.mark.parametrize(
@@ -13,28 +16,68 @@ from delivery.profiles.local.images import ImageRef, RetryPolicy, _registry_base
     [
         ("main", "main"),
         ("refs/heads/feature/ABC-12_x", "feature-ABC-12_x"),
+        ("feature//x", "feature-x"),
+        ("feature/ x", "feature-x"),
         ("release/1.4", "release-1.4"),
         ("--weird//name..", "weird-name"),
+        (".hidden", "hidden"),
+        ("-.-dash", "dash"),
+        ("_private", "_private"),
+        ("a--b", "a--b"),
+        ("héllo", "h-llo"),
         ("a" * 200, "a" * 128),
+        ("a" * 127 + "/b", "a" * 127),
     ],
 )
-def test_sanitize_tag(raw: str, tag: str) -> None:
-    assert sanitize_tag(raw) == tag
+def test_docker_tag(raw: str, tag: str) -> None:
+    assert docker_tag(raw) == tag
+    assert len(tag) <= 128
 
 
-def test_sanitize_tag_rejects_empty() -> None:
-    with pytest.raises(ValueError, match="Docker tag"):
-        sanitize_tag("///")
+@pytest.mark.parametrize("raw", ["///", "..", "-", "日本"])
+def test_docker_tag_rejects_names_with_nothing_taggable(raw: str) -> None:
+    with pytest.raises(ValueError, match="cannot make a Docker tag"):
+        docker_tag(raw)
+
+
+@pytest.mark.parametrize(
+    ("git_tag", "tags"),
+    [
+        ("v1.2.3", ["1.2.3", "1.2"]),
+        ("1.2.3", ["1.2.3", "1.2"]),
+        ("refs/tags/v10.20.30", ["10.20.30", "10.20"]),
+        ("v1.2.3-rc.1", ["1.2.3-rc.1"]),
+        ("v1.2.3+build.5", ["1.2.3-build.5", "1.2"]),
+        ("v1.2", None),
+        ("release-2026", None),
+        ("v01.2.3", None),
+    ],
+)
+def test_semver_tags(git_tag: str, tags: list[str] | None) -> None:
+    assert semver_tags(git_tag) == tags
+
+
+def test_image_tags_of_a_branch_and_of_a_release_tag() -> None:
+    assert image_tags(sha=SHA, branch="feature//x") == [SHA, "feature-x"]
+    assert image_tags(sha=SHA, tag="v1.2.3") == [SHA, "1.2.3", "1.2"]
+    assert image_tags(sha=SHA, tag="v1.2") == [SHA, "v1.2"]
+    assert image_tags(sha=SHA, tag="nightly/2026-01-01") == [SHA, "nightly-2026-01-01"]
+    assert image_tags(sha=SHA, branch=None, tag=None) == [SHA]
+    # A branch with nothing taggable gets no branch tag; the sha still names the image.
+    assert image_tags(sha=SHA, branch="日本") == [SHA]
 
 
 def test_image_tags_order_and_dedup() -> None:
-    sha = "a" * 40
-    assert image_tags(source_sha=sha, branch="feature/x", tags_extra=("v1.2.3", "v1.2.3")) == (
-        sha,
+    assert image_tags(sha=SHA, branch="feature/x", extra=("feature-x", "v1.2.3", "v1.2.3")) == [
+        SHA,
         "feature-x",
         "v1.2.3",
-    )
-    assert image_tags(source_sha=sha, branch=None) == (sha,)
+    ]
+
+
+def test_image_tags_rejects_an_extra_tag_that_cannot_be_made_valid() -> None:
+    with pytest.raises(ValueError, match="cannot make a Docker tag from '///'"):
+        image_tags(sha=SHA, extra=("///",))
 
 
 def test_retry_policy_is_bounded_exponential() -> None:

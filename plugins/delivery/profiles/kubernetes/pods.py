@@ -26,6 +26,7 @@ from kubernetes.client import models as k8s
 
 from delivery.catalog.models import Platform, Service
 from delivery.catalog.toolchains import ResolvedStage
+from delivery.image_tags import image_tags
 from delivery.pipeline.contract import COMMIT_SHA, RUN_KEY, stage_env
 
 # Every generated Kubernetes model copies the default client Configuration when built without
@@ -303,8 +304,6 @@ def render_pod(
 ) -> dict[str, Any]:
     """The pod of a stage as the API server would receive it, built offline (no cluster)."""
     from kubernetes.client import ApiClient
-
-    from delivery.steps.source import image_tags
 
     branch = ref.removeprefix("refs/heads/")
     source = {

@@ -70,3 +70,6 @@ class KubernetesProfile:
 
     def service_url(self, env: EnvironmentSpec) -> str:
         return env.url
+
+    def finish_run(self, *, service: Service, platform: Platform, run_id: str, succeeded: bool) -> None:
+        """Nothing to do: each stage's pod is gone, the workspace claim is managed by the cluster."""

@@ -2,7 +2,8 @@
 
 A ``DockerOperator`` (apache-airflow-providers-docker) runs the stage's command
 in the stage's image on the configured Docker engine, with the run's checkout
-(the same per-run workspace as the shell runner) mounted at ``/workspace``, the
+(the same per-run workspace as the shell runner, found at run time from the run
+id by :mod:`delivery.profiles.local.workspaces`) mounted at ``/workspace``, the
 stage contract in the environment, the host network (so helper services and
 deployed environments on 127.0.0.1 are reachable), the catalog's memory limit,
 and the container removed once it succeeded. GPU stages ask the engine for
@@ -13,6 +14,7 @@ or failed as the catalog says, never silently green.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from docker.types import DeviceRequest, Mount
 
 from delivery.catalog.fields import quantity_to_bytes
+from delivery.profiles.local.workspaces import prepare_run_workspace, service_workspaces
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -39,22 +42,23 @@ class StageDockerOperator(DockerOperator):
         *,
         service_name: str,
         repo_url: str,
-        host_workspace: str,
+        workspaces_dir: str,
+        keep_failed_workspaces: timedelta,
         gpu_policy: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.service_name = service_name
         self.repo_url = repo_url
-        self.host_workspace = host_workspace
+        self.workspaces_dir = workspaces_dir  # the service's folder of run workspaces
+        self.keep_failed_workspaces = keep_failed_workspaces
+        self.host_workspace: str | None = None  # the run's, known at run time
         self.gpu_policy = gpu_policy  # None (no GPU needed), "skip", "fail" or "cpu"
-
-    template_fields = (*DockerOperator.template_fields, "host_workspace")
 
     def execute(self, context: Context) -> Any:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from delivery.profiles.local.shell import ensure_workspace, has_gpu
+        from delivery.profiles.local.shell import has_gpu
 
         if self.gpu_policy is not None:
             present, detail = has_gpu()
@@ -66,14 +70,20 @@ class StageDockerOperator(DockerOperator):
                 self.log.warning("No GPU (%s): the catalog allows the CPU path", detail)
                 self.device_requests = None
                 self.environment["DELIVERY_GPU_DEVICE"] = "cpu"
-        sha = self.environment["DELIVERY_SHA"]
-        ensure_workspace(Path(self.host_workspace), self.repo_url, sha)
+        workspace = prepare_run_workspace(
+            service_dir=Path(self.workspaces_dir),
+            keep_failed=self.keep_failed_workspaces,
+            run_id=self.environment["DELIVERY_RUN_ID"],
+            repo_url=self.repo_url,
+            sha=self.environment["DELIVERY_SHA"],
+        )
+        self.host_workspace = str(workspace)
         self.mounts = [Mount(target=CONTAINER_WORKSPACE, source=self.host_workspace, type="bind")]
         return super().execute(context)
 
 
 def docker_stage_operator(
-    *, service: Service, platform: Platform, stage: ResolvedStage, host_workspace: str, **operator_kwargs: Any
+    *, service: Service, platform: Platform, stage: ResolvedStage, **operator_kwargs: Any
 ) -> StageDockerOperator:
     from delivery.paths import git_url
     from delivery.pipeline.contract import stage_env
@@ -96,7 +106,8 @@ def docker_stage_operator(
     return StageDockerOperator(
         service_name=service.name,
         repo_url=git_url(service.repo.url),
-        host_workspace=host_workspace,
+        workspaces_dir=str(service_workspaces(platform, service.name)),
+        keep_failed_workspaces=platform.local.keep_failed_workspaces,
         gpu_policy=gpu_policy,
         image=stage.image,
         command=["bash", "-euo", "pipefail", "-c", stage.command],

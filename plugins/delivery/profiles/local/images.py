@@ -2,8 +2,9 @@
 
 Tags: the full commit sha (immutable; what GitOps values and deploys use), the
 branch (sanitized to a valid tag; moves with the branch) and any extra tags
-(e.g. the semver of a git tag). Labels follow the OCI annotation keys
-(``org.opencontainers.image.revision``, ``.source``, ``.created``).
+(e.g. the semver of a git tag), by :func:`delivery.image_tags.image_tags`.
+Labels follow the OCI annotation keys (``org.opencontainers.image.revision``,
+``.source``, ``.created``).
 
 A commit whose sha tag is already in the registry is not rebuilt or pushed
 again: the registry is asked first (``GET /v2/<repo>/manifests/<sha>`` with the
@@ -22,13 +23,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import requests
+
+from delivery.gitops.errors import GitCommandError
+from delivery.gitops.git import Git, redact_url
+from delivery.image_tags import SEMVER_RE, image_tags
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -54,8 +58,6 @@ MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.+-]+)?$")
 _PERMANENT_PUSH_ERRORS = ("denied", "unauthorized", "authentication required", "name invalid")
 
 
@@ -134,33 +136,6 @@ class ImageRef:
     def reused(self) -> bool:
         """True when the commit was already in the registry (nothing built or pushed)."""
         return not self.built and not self.pushed
-
-
-def sanitize_tag(value: str) -> str:
-    """Turn a branch or ref name into a valid Docker tag (``feature/ABC-1`` -> ``feature-ABC-1``)."""
-    name = value.strip()
-    for prefix in ("refs/heads/", "refs/tags/"):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
-    name = re.sub(r"-{2,}", "-", name).lstrip(".-")
-    name = name[:128].rstrip(".-") or ""
-    if not name:
-        raise ValueError(f"cannot make a Docker tag from {value!r}")
-    return name
-
-
-def image_tags(*, source_sha: str, branch: str | None, tags_extra: Sequence[str] = ()) -> tuple[str, ...]:
-    """The sha first, then the sanitized branch, then the extra tags (deduplicated, validated)."""
-    tags = [source_sha]
-    if branch:
-        tags.append(sanitize_tag(branch))
-    for extra in tags_extra:
-        tag = sanitize_tag(extra)
-        if not _TAG.match(tag):
-            raise ValueError(f"invalid Docker tag {extra!r}")
-        tags.append(tag)
-    return tuple(dict.fromkeys(tags))
 
 
 def _registry_base(registry: str) -> tuple[str, str]:
@@ -293,19 +268,14 @@ def _docker_client() -> docker.DockerClient:
 
 
 def _source_url(context_dir: Path) -> str:
+    """The ``origin`` of the checkout the context is in (without credentials), else the folder."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(context_dir), "remote", "get-url", "origin"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
+        url = Git(cwd=context_dir, timeout_s=10).output(
+            "remote", "get-url", "--", "origin", action="git remote"
         )
-    except (OSError, subprocess.SubprocessError):
-        out = None
-    if out is not None and out.returncode == 0 and out.stdout.strip():
-        return out.stdout.strip()
-    return context_dir.resolve().as_uri()
+    except GitCommandError:
+        url = ""
+    return redact_url(url) if url else context_dir.resolve().as_uri()
 
 
 def _dockerfile_in_context(context_dir: Path, dockerfile: str | Path) -> str:
@@ -468,7 +438,7 @@ def build_and_push(
         raise ImageBuildError(f"build context {context} is not a directory")
     dockerfile_rel = _dockerfile_in_context(context, dockerfile)
     policy = retry or RetryPolicy()
-    tags = image_tags(source_sha=sha, branch=branch, tags_extra=tags_extra)
+    tags = tuple(image_tags(sha=sha, branch=branch, extra=tags_extra))
     reg = registry_client or RegistryClient(registry, retry=policy)
     name = f"{reg.host}/{repository}"
     reference = f"{name}:{sha}"
@@ -514,7 +484,7 @@ def build_and_push(
         }
         if branch:
             all_labels.setdefault(REF_NAME_LABEL, branch)
-        semver = next((t for t in tags_extra if _SEMVER.match(t)), None)
+        semver = next((t for t in tags_extra if SEMVER_RE.match(t)), None)
         if semver:
             all_labels.setdefault(VERSION_LABEL, semver.lstrip("v"))
         image_id = _build(

@@ -12,6 +12,7 @@ from delivery.catalog.models import EnvironmentSpec, Platform, Profile, Service
 from delivery.catalog.toolchains import ResolvedStage
 from delivery.profiles.local.stages import local_stage_operator
 from delivery.profiles.local.steps import local_sync
+from delivery.profiles.local.workspaces import finish_workspace, run_workspace, service_workspaces, sweep
 
 
 class LocalProfile:
@@ -51,3 +52,9 @@ class LocalProfile:
 
     def service_url(self, env: EnvironmentSpec) -> str:
         return f"http://127.0.0.1:{env.local_port}" if env.local_port else env.url
+
+    def finish_run(self, *, service: Service, platform: Platform, run_id: str, succeeded: bool) -> None:
+        """Remove a successful run's checkout, keep a failed one's, sweep the expired ones."""
+        service_dir = service_workspaces(platform, service.name)
+        finish_workspace(run_workspace(service_dir, run_id), succeeded=succeeded)
+        sweep(service_dir, keep_failed=platform.local.keep_failed_workspaces)

@@ -2,14 +2,15 @@
 
 Invoked by the stage's ``BashOperator`` as ``python -m delivery.profiles.local.shell
 --service S --stage T`` with the clean stage environment; see
-:mod:`delivery.profiles.local.stages` for the guarantees.
+:mod:`delivery.profiles.local.stages` for the guarantees. The run's workspace
+(:mod:`delivery.profiles.local.workspaces`) is found here from ``DELIVERY_RUN_ID``
+and handed to the command as ``DELIVERY_WORKSPACE`` (also its ``HOME``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -20,51 +21,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from delivery.catalog.models import Stage
+from delivery.catalog.toolchains import resolve_stages
+from delivery.gitops import GitOpsError
+from delivery.paths import git_url
+from delivery.profiles.local.workspaces import prepare_run_workspace, service_workspaces
+from delivery.runtime import catalog
+
 SKIP_EXIT_CODE = 99
 
 
 def say(message: str) -> None:
     print(f"[delivery] {message}", flush=True)
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(
-        ["git", "-c", "advice.detachedHead=false", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GIT_TERMINAL_PROMPT": "0",
-            "HOME": tempfile.gettempdir(),
-        },
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"[delivery] git {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout.strip()
-
-
-def ensure_workspace(workspace: Path, repo_url: str, sha: str) -> None:
-    """Clone ``repo_url`` at ``sha`` into ``workspace`` once, under a lock; verify HEAD."""
-    workspace.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = workspace.parent / f".{workspace.name}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        head = ""
-        if (workspace / ".git").is_dir():
-            with contextlib.suppress(SystemExit):
-                head = git("rev-parse", "HEAD", cwd=workspace)
-        if head != sha:
-            if workspace.exists():
-                shutil.rmtree(workspace)
-            say(f"checking out {sha} of {repo_url}")
-            git("clone", "--quiet", "--no-checkout", repo_url, str(workspace))
-            git("checkout", "--quiet", "--detach", sha, cwd=workspace)
-        head = git("rev-parse", "HEAD", cwd=workspace)
-        if head != sha:
-            raise SystemExit(f"[delivery] workspace {workspace} is at {head}, expected {sha}")
-    (workspace / ".delivery").mkdir(exist_ok=True)
 
 
 def has_gpu() -> tuple[bool, str]:
@@ -109,16 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", required=True)
     args = parser.parse_args(argv)
 
-    from delivery.catalog.models import Stage
-    from delivery.catalog.toolchains import resolve_stages
-    from delivery.paths import git_url
-    from delivery.runtime import catalog
-
     cat = catalog()
     service = cat.service(args.service)
     stage = resolve_stages(service, cat.platform)[Stage(args.stage)]
     env = dict(os.environ)
-    workspace = Path(env["DELIVERY_WORKSPACE"])
     sha = env["DELIVERY_SHA"]
 
     if stage.gpu:
@@ -137,7 +99,18 @@ def main(argv: list[str] | None = None) -> int:
             say(f"failed: {service.name} requires a GPU for {stage.name}, and {detail}")
             return 1
 
-    ensure_workspace(workspace, git_url(service.repo.url), sha)
+    try:
+        workspace = prepare_run_workspace(
+            service_dir=service_workspaces(cat.platform, service.name),
+            keep_failed=cat.platform.local.keep_failed_workspaces,
+            run_id=env["DELIVERY_RUN_ID"],
+            repo_url=git_url(service.repo.url),
+            sha=sha,
+        )
+    except GitOpsError as exc:
+        say(f"failed: no checkout of {sha} for {service.name}: {exc}")
+        return 1
+    env["DELIVERY_WORKSPACE"] = env["HOME"] = str(workspace)
     say(f"{service.name} {stage.name} at {sha[:12]} in {workspace}")
     with contextlib.ExitStack() as stack:
         for helper in stage.services:

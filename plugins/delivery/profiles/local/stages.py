@@ -3,16 +3,19 @@
 This is how a shell runner works in other CI systems, with the safety a
 worker needs:
 
-* **workspace**: ``<workspace_root>/<service>/<run>``, a clone of the service
-  repo checked out (detached) at the run's commit, created under a file lock
-  by whichever stage needs it first, so reruns and parallel stages are safe;
+* **workspace**: ``<workspace_root>/<service>/<run folder>``, a clone of the
+  service repo checked out (detached) at the run's commit, created under a file
+  lock by whichever stage needs it first, so reruns and parallel stages are
+  safe; the folder name is computed at run time from the run id, safe and
+  unique per run (:mod:`delivery.profiles.local.workspaces`);
 * **clean env**: the command sees only the stage contract
   (:func:`delivery.pipeline.contract.stage_env`) plus ``PATH``, ``HOME`` and the
   locale, never the worker's own environment (no Airflow secrets);
 * **timeout**: the stage's ``execution_timeout``; Airflow kills the process group;
 * **output** streams to the task log line by line;
-* **cleanup**: ``notify.outcome`` removes the run's workspace, and a stage
-  recreates it when a cleared task reruns later;
+* **cleanup**: ``notify.outcome`` removes a successful run's workspace and keeps
+  a failed run's for ``platform.local.keep_failed_workspaces`` (a later run
+  removes it); a stage recreates it when a cleared task reruns later;
 * **helper services**: a ``test-db`` service is a throwaway PostgreSQL cluster
   started from the host's PostgreSQL binaries for the stage's duration;
 * **GPU stages** on a machine without a GPU end as *skipped* with the reason
@@ -36,8 +39,8 @@ from airflow.providers.standard.operators.python import PythonOperator
 from delivery.catalog.loader import catalog_dir
 from delivery.catalog.models import Platform, Service, Stage
 from delivery.catalog.toolchains import ResolvedStage
-from delivery.paths import PROJECT_ROOT, project_path
-from delivery.pipeline.contract import RUN_KEY, stage_env
+from delivery.paths import PROJECT_ROOT
+from delivery.pipeline.contract import stage_env
 from delivery.profiles.local import steps
 
 SKIP_EXIT_CODE = 99
@@ -46,10 +49,6 @@ IMAGE_STAGES = {
     Stage.IMAGE_SCAN: steps.local_image_scan,
     Stage.IMAGE_PUSH: steps.local_image_push,
 }
-
-
-def workspace_dir(platform: Platform, service: Service) -> str:
-    return str(project_path(platform.local.workspace_root) / service.name / RUN_KEY)
 
 
 def local_stage_operator(
@@ -61,22 +60,19 @@ def local_stage_operator(
             op_kwargs={"service_name": service.name},
             **operator_kwargs,
         )
-    workspace = workspace_dir(platform, service)
     if platform.local.runner == "docker":
         from delivery.profiles.local.docker import docker_stage_operator
 
-        return docker_stage_operator(
-            service=service, platform=platform, stage=stage, host_workspace=workspace, **operator_kwargs
-        )
+        return docker_stage_operator(service=service, platform=platform, stage=stage, **operator_kwargs)
+    # The runner (delivery.profiles.local.shell) sets DELIVERY_WORKSPACE and HOME to the run's checkout.
     env = stage_env(
-        service=service, platform=platform, stage=stage, workspace=workspace, registry=platform.local.registry
+        service=service, platform=platform, stage=stage, workspace=None, registry=platform.local.registry
     )
     env.update(
         {
             "PATH": os.pathsep.join(
                 [os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
             ),
-            "HOME": workspace,
             "LANG": "C.UTF-8",
             "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
             "DELIVERY_CATALOG_DIR": str(catalog_dir()),

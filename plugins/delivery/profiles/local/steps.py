@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 
 from delivery.catalog import Service
-from delivery.gitops.repo import read_image
-from delivery.paths import git_url, project_path
+from delivery.gitops import read_image
+from delivery.paths import git_url
+from delivery.profiles.local.workspaces import prepare_run_workspace, service_workspaces
 from delivery.runtime import PipelineError, catalog, gitops_repo, service
 from delivery.steps.release import checked_out, guard_sync
 
@@ -20,13 +21,15 @@ log = logging.getLogger(__name__)
 
 
 def _local_workspace(svc: Service, context: dict[str, Any]) -> Path:
-    from delivery.profiles.local.shell import ensure_workspace
-
-    src = checked_out(context)
-    run_key = context["run_id"].replace(":", "-").replace("+", "-")
-    workspace = project_path(catalog().platform.local.workspace_root) / svc.name / run_key
-    ensure_workspace(workspace, git_url(svc.repo.url), src["sha"])
-    return workspace
+    """The run's checkout (the stages' workspace), prepared if no stage did it yet."""
+    platform = catalog().platform
+    return prepare_run_workspace(
+        service_dir=service_workspaces(platform, svc.name),
+        keep_failed=platform.local.keep_failed_workspaces,
+        run_id=context["run_id"],
+        repo_url=git_url(svc.repo.url),
+        sha=checked_out(context)["sha"],
+    )
 
 
 def local_image_build(*, service_name: str, **context: Any) -> dict[str, Any]:

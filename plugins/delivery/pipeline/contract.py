@@ -7,6 +7,8 @@ works on the same commit even when the trigger named a branch.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 from delivery.catalog.models import Platform, Service
@@ -31,7 +33,26 @@ def untrusted(context: Any) -> bool:
     return params.get("trusted") is False
 
 
-RUN_KEY = "{{ run_id | replace(':', '-') | replace('+', '-') }}"
+SLUG_LENGTH = 80
+DIGEST_LENGTH = 12
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def run_folder(run_id: str) -> str:
+    """The folder name of a run's workspace: ``<slug>-<12 hex of sha256(run id)>`` (``run-<hex>`` when no slug).
+
+    Safe and unique for any run id (``.``, ``..``, ``a/b``, two ids with the same slug), in both
+    profiles: a local folder, or the ``subPath`` of the workspace claim in Kubernetes.
+    """
+    slug = _UNSAFE.sub("-", run_id).strip(".-")[:SLUG_LENGTH].rstrip(".-")
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_LENGTH]
+    return f"{slug or 'run'}-{digest}"
+
+
+TEMPLATE_FILTERS = {"run_folder": run_folder}
+"""Jinja filters every generated DAG declares (``user_defined_filters``)."""
+
+RUN_KEY = "{{ run_id | run_folder }}"
 
 
 def stage_env(

@@ -28,6 +28,7 @@ from delivery.integrations.sonarqube import SonarQualityGateOperator
 from delivery.notify import PipelineEvent, PipelineEventNotifier
 from delivery.notify.failure import slack_failure_notifier
 from delivery.pipeline import task_ids as ids
+from delivery.pipeline.contract import TEMPLATE_FILTERS
 from delivery.pipeline.gates import ProductionApproval, RollbackGate, TrustGate
 from delivery.pipeline.params import PIPELINE_DOC, ROLLBACK_DOC, pipeline_params, rollback_params
 from delivery.pipeline.plan import (
@@ -170,6 +171,7 @@ class DagFactory:
             tags=["delivery", f"profile:{self.profile.kind.value}", f"service:{service.name}", *tags],
             default_args=default_args,
             render_template_as_native_obj=False,
+            user_defined_filters=TEMPLATE_FILTERS,
             **kwargs,
         )
 

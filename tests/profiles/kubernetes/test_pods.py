@@ -66,3 +66,19 @@ def test_integration_tests_get_a_test_database_sidecar() -> None:
     assert sidecar["startupProbe"]["exec"]["command"][0] == "pg_isready"
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["DATABASE_URL"].startswith("postgresql://")
+
+
+@pytest.mark.parametrize("run_id", [".", "..", "a/b", "manual__2026-01-01T00:00:00+00:00"])
+def test_every_run_gets_its_own_workspace_folder_on_the_claim(run_id: str) -> None:
+    service = CATALOG.service("visiobook-web")
+    stage = resolve_stages(service, CATALOG.platform)[Stage.LINT]
+    pod = render_pod(service=service, platform=CATALOG.platform, stage=stage, sha=SHA, run_id=run_id)
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    key = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}["DELIVERY_RUN_KEY"]
+    service_dir, _, folder = key.partition("/")
+    assert service_dir == "visiobook-web"
+    assert folder not in (".", "..", "") and "/" not in folder and not folder.startswith(".")
+    other = render_pod(service=service, platform=CATALOG.platform, stage=stage, sha=SHA, run_id=run_id + "x")
+    assert {e["name"]: e.get("value") for e in other["spec"]["containers"][0]["env"]}[
+        "DELIVERY_RUN_KEY"
+    ] != key

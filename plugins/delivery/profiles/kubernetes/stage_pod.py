@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
-from delivery.pipeline.contract import untrusted
+from delivery.pipeline.contract import TEMPLATE_FILTERS, untrusted
 
 if TYPE_CHECKING:
     import jinja2
@@ -56,6 +56,12 @@ class StagePodOperator(KubernetesPodOperator):
             self._do_render_template_fields(content, ("env",), context, jinja_env, seen_oids)
             return
         super()._render_nested_template_fields(content, context, jinja_env, seen_oids)
+
+    def get_template_env(self, dag: Any = None) -> jinja2.Environment:
+        """The DAG's Jinja environment, with the project's filters even outside a DAG (offline renders)."""
+        env = super().get_template_env(dag=dag)
+        env.filters.update(TEMPLATE_FILTERS)
+        return env
 
     def execute(self, context: Context) -> Any:
         if untrusted(context) and self.secrets:

@@ -26,10 +26,8 @@ computed in Python at run time from the run id, never from a template.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +37,7 @@ from delivery.gitops.errors import GitOpsError, GitOpsLockTimeoutError
 from delivery.gitops.git import Git, check_sha
 from delivery.gitops.locks import file_lock
 from delivery.paths import project_path
+from delivery.pipeline.contract import run_folder
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -58,22 +57,12 @@ __all__ = [
     "sweep",
 ]
 
-SLUG_LENGTH = 80
-DIGEST_LENGTH = 12
 CLONE_TIMEOUT_S = 600.0
 FINISH_LOCK_TIMEOUT_S = 60.0
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class WorkspaceError(GitOpsError):
     """A workspace could not be prepared at the run's commit."""
-
-
-def run_folder(run_id: str) -> str:
-    """The folder name of a run: ``<slug>-<12 hex of sha256(run id)>`` (``run-<hex>`` when no slug)."""
-    slug = _UNSAFE.sub("-", run_id).strip(".-")[:SLUG_LENGTH].rstrip(".-")
-    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_LENGTH]
-    return f"{slug or 'run'}-{digest}"
 
 
 def service_workspaces(platform: Platform, service_name: str) -> Path:

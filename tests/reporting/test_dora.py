@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import timedelta
 
 import pytest
 
@@ -53,14 +52,6 @@ def test_empty_history_and_bad_window() -> None:
     )
     with pytest.raises(ValueError, match="the window is empty"):
         dora.compute(releases={}, since=UNTIL, until=SINCE)
-
-
-def test_window_parsing() -> None:
-    assert dora.parse_window("30d") == timedelta(days=30)
-    assert dora.parse_window("12h") == timedelta(hours=12)
-    assert dora.parse_window("4w") == timedelta(weeks=4)
-    with pytest.raises(Exception, match="expected a window like 30d"):
-        dora.parse_window("a month")
 
 
 @pytest.fixture

@@ -318,7 +318,7 @@ class DagFactory:
             )
         return VerifyReleaseOperator(
             task_id=step.name,
-            verify=env.verify.model_dump(mode="json"),
+            verify=env.verify,
             service=service.name,
             environment="production",
             namespace=env.namespace,

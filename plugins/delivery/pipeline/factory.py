@@ -32,6 +32,7 @@ from delivery.pipeline.gates import RollbackGate
 from delivery.pipeline.params import PIPELINE_DOC, ROLLBACK_DOC, pipeline_params, rollback_params
 from delivery.pipeline.plan import Plan, Step, StepKind, build_plan, build_rollback_plan
 from delivery.profiles import DeliveryProfile, active_profile, health_url
+from delivery.reporting.notifiers import ApprovalPendingNotifier
 from delivery.steps import gpu, outcome, release, rollback, source
 from delivery.verification.operator import VerifyReleaseOperator
 from delivery.verification.review import HoldReviewOperator
@@ -290,7 +291,8 @@ class DagFactory:
         )
 
     def _approval(self, step: Step, service: Service) -> BaseOperator:
-        return ApprovalOperator(
+        answered = ApprovalPendingNotifier(service_name=service.name, pending=False)
+        approval = ApprovalOperator(
             task_id=step.name,
             subject=f"Deploy {service.name} to production?",
             body=(
@@ -303,9 +305,13 @@ class DagFactory:
             response_timeout=service.approval_timeout,
             defaults=["Reject"],
             notifiers=[
-                PipelineEventNotifier(event=PipelineEvent.APPROVAL_REQUESTED, service_name=service.name)
+                PipelineEventNotifier(event=PipelineEvent.APPROVAL_REQUESTED, service_name=service.name),
+                ApprovalPendingNotifier(service_name=service.name, pending=True),
             ],
+            on_success_callback=answered,
         )
+        approval.on_failure_callback = [*_callbacks(approval.on_failure_callback), answered]
+        return approval
 
     def _verify(self, step: Step, service: Service) -> BaseOperator:
         env = self._env(service, step)
@@ -413,13 +419,21 @@ def failure_event(step: Step) -> PipelineEvent | None:
     return None
 
 
+def _callbacks(existing: Any) -> list[Any]:
+    """A task's callback attribute (one callable, a list or ``None``) as a list."""
+    if existing is None:
+        return []
+    return list(existing) if isinstance(existing, list | tuple) else [existing]
+
+
 def _add_failure_event(task: BaseOperator, step: Step, service: Service) -> None:
     event = failure_event(step)
     if event is None or task.on_failure_callback is None:
         return
-    existing = task.on_failure_callback
-    callbacks: list[Any] = list(existing) if isinstance(existing, list | tuple) else [existing]
-    task.on_failure_callback = [*callbacks, PipelineEventNotifier(event=event, service_name=service.name)]
+    task.on_failure_callback = [
+        *_callbacks(task.on_failure_callback),
+        PipelineEventNotifier(event=event, service_name=service.name),
+    ]
 
 
 def build_dags(catalog: Catalog) -> dict[str, DAG]:

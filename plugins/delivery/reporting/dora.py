@@ -259,7 +259,7 @@ def load_runs(*, catalog: Catalog, services: Sequence[str], since: datetime) -> 
         ).all()
         for row in rows:
             conf = row.conf if isinstance(row.conf, dict) else {}
-            commit_time = _parse_time(conf.get("commit_time"))
+            commit_time = parse_time(conf.get("commit_time"))
             result[dag_to_service[row.dag_id]].append(
                 RunRecord(
                     dag_id=row.dag_id,
@@ -273,7 +273,8 @@ def load_runs(*, catalog: Catalog, services: Sequence[str], since: datetime) -> 
     return result
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """A timezone-aware datetime from a datetime or ISO 8601 text (``Z`` allowed); ``None`` otherwise."""
     if isinstance(value, datetime):
         return _aware(value)
     if isinstance(value, str) and value:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from delivery.paths import git_url
+from delivery.reporting import metrics
 from delivery.runtime import PipelineError, service
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def resolve_source(*, service_name: str, params: dict[str, Any], **context: Any)
     head of the branch at the end of their data interval.
     """
     svc = service(service_name)
+    metrics.open_run(metrics.Run.of(svc.name, context), approval_timeout=svc.approval_timeout)
     ref = (params.get("ref") or "").strip() or svc.repo.release_branch
     sha = (params.get("sha") or "").strip().lower()
     dag_run = context.get("dag_run")

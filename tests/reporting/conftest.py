@@ -19,7 +19,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port, stop_process
 
 DELIVERY_RULES = ROOT / "include" / "monitoring" / "prometheus" / "rules" / "delivery.yml"
 
@@ -43,15 +43,6 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], what: str) -> None:
             pass
         time.sleep(0.1)
     pytest.fail(f"{what} did not start")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 @dataclass(frozen=True)
@@ -90,7 +81,7 @@ def pushgateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
         _wait_ready(url, process, "the Pushgateway")
         yield Gateway(url)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @pytest.fixture
@@ -157,5 +148,5 @@ def prometheus(pushgateway_server: Gateway, tmp_path_factory: pytest.TempPathFac
         _wait_ready(url, process, "Prometheus")
         yield Prometheus(url)
     finally:
-        _stop(process)
+        stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)

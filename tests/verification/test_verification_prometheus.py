@@ -31,7 +31,7 @@ from delivery.verification.analysis import (
 )
 from delivery.verification.operator import VerifyReleaseOperator
 from delivery.verification.trigger import AnalysisTrigger
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_process
 from tests.standins.exporter import MetricsExporter
 
 if TYPE_CHECKING:
@@ -133,12 +133,7 @@ def prometheus(exporter: MetricsExporter, tmp_path_factory: pytest.TempPathFacto
         wait_for_data(url, process, log_path)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -389,6 +389,16 @@ QueryFn = Callable[[str], Sequence[Sample]]
 AsyncQueryFn = Callable[[str], Awaitable[Sequence[Sample]]]
 
 
+def _log_measurement(measurement: Measurement, spec: VerifySpec) -> None:
+    log.info(
+        "Measurement %d/%d: %s (%s)",
+        measurement.index,
+        spec.count,
+        measurement.phase,
+        ", ".join(f"{c.name}={format_value(c.value)}" for c in measurement.checks),
+    )
+
+
 def run_analysis(
     spec: VerifySpec,
     query: QueryFn,
@@ -410,13 +420,7 @@ def run_analysis(
                 log.warning("Check %s is inconclusive: %s", check.name, err)
                 outcomes[check.name] = err
         measurement = analysis.measure(outcomes)
-        log.info(
-            "Measurement %d/%d: %s (%s)",
-            measurement.index,
-            spec.count,
-            measurement.phase,
-            ", ".join(f"{c.name}={format_value(c.value)}" for c in measurement.checks),
-        )
+        _log_measurement(measurement, spec)
         if analysis.done:
             return analysis
         sleep(spec.interval.total_seconds())
@@ -441,13 +445,7 @@ async def arun_analysis(
     while True:
         results = await asyncio.gather(*(one(check) for check in spec.checks))
         measurement = analysis.measure({c.name: r for c, r in zip(spec.checks, results, strict=True)})
-        log.info(
-            "Measurement %d/%d: %s (%s)",
-            measurement.index,
-            spec.count,
-            measurement.phase,
-            ", ".join(f"{c.name}={format_value(c.value)}" for c in measurement.checks),
-        )
+        _log_measurement(measurement, spec)
         if analysis.done:
             return analysis
         await sleep(spec.interval.total_seconds())

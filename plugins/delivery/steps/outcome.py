@@ -7,6 +7,7 @@ rollback DAG (``mode="manual"``); only the reading of the task states differs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,7 +128,7 @@ def notify_summary(*, service_name: str, mode: str = "pipeline", **context: Any)
         events = [event] if event else []
         details = _rollback_details(context, sentence)
         delivered = True
-        metrics.record_run(metrics.Run.of(svc.name, context), rollback_outcome(outcome, details))
+        _record_metrics(svc.name, context, lambda: rollback_outcome(outcome, details))
     else:
         outcome, sentence = describe_outcome(states)
         src = context["ti"].xcom_pull(task_ids=ids.CHECKOUT) or {}
@@ -140,7 +141,7 @@ def notify_summary(*, service_name: str, mode: str = "pipeline", **context: Any)
         delivered = send_slack(slack_conn_id=catalog().platform.connections.slack, text=text, context=context)
         events = _pipeline_events(outcome, context)
         details = {"outcome": outcome}
-        metrics.record_run(metrics.Run.of(svc.name, context), pipeline_outcome(states, outcome, context))
+        _record_metrics(svc.name, context, lambda: pipeline_outcome(states, outcome, context))
     for event in events:
         report = notify_event(event, service_name=svc.name, context=context, details=details)
         delivered = delivered and report.ok
@@ -150,6 +151,21 @@ def notify_summary(*, service_name: str, mode: str = "pipeline", **context: Any)
         "notified": delivered,
         "events": [e.value for e in events],
     }
+
+
+def _record_metrics(
+    service_name: str, context: dict[str, Any], outcome: Callable[[], metrics.RunOutcome]
+) -> None:
+    """The run's delivery metrics; a problem is logged, never raised (like a notification)."""
+    try:
+        metrics.record_run(metrics.Run.of(service_name, context), outcome())
+    except Exception:
+        log.exception("The delivery metrics of this run could not be recorded")
+
+
+def _xcom(context: dict[str, Any], task_id: str) -> dict[str, Any]:
+    value = context["ti"].xcom_pull(task_ids=task_id)
+    return value if isinstance(value, dict) else {}
 
 
 def _deploys(states: dict[str, str], context: dict[str, Any]) -> tuple[metrics.Deploy, ...]:
@@ -166,15 +182,11 @@ def _deploys(states: dict[str, str], context: dict[str, Any]) -> tuple[metrics.D
             continue
         duration = None
         if health == "success":
-            commit = context["ti"].xcom_pull(task_ids=ids.task_id(group, "gitops_commit")) or {}
-            healthy = context["ti"].xcom_pull(task_ids=ids.task_id(group, "health_check")) or {}
-            started, ended = parse_time(commit.get("committed_at")), parse_time(healthy.get("healthy_at"))
+            started = parse_time(_xcom(context, ids.task_id(group, "gitops_commit")).get("committed_at"))
+            ended = parse_time(_xcom(context, ids.task_id(group, "health_check")).get("healthy_at"))
             duration = (ended - started).total_seconds() if started and ended else None
-        deploys.append(
-            metrics.Deploy(
-                environment=env, result="success" if health == "success" else "failed", duration_s=duration
-            )
-        )
+        result = "success" if health == "success" else "failed"
+        deploys.append(metrics.Deploy(environment=env, result=result, duration_s=duration))
     return tuple(deploys)
 
 
@@ -189,13 +201,10 @@ def _approval_result(states: dict[str, str], context: dict[str, Any]) -> str | N
 def _lead_time(context: dict[str, Any], started: datetime | None) -> float | None:
     """Commit time (the run's ``commit_time`` conf key, as the DORA report reads it, else the run's
     start) to the production health check's success (else now)."""
-    dag_run = context.get("dag_run")
-    conf = getattr(dag_run, "conf", None) or {}
+    conf = getattr(context.get("dag_run"), "conf", None)
     committed = parse_time(conf.get("commit_time") if isinstance(conf, dict) else None) or started
-    healthy = context["ti"].xcom_pull(task_ids=ids.task_id(ids.DEPLOY_PRODUCTION, "health_check")) or {}
-    deployed = parse_time(healthy.get("healthy_at") if isinstance(healthy, dict) else None) or datetime.now(
-        UTC
-    )
+    healthy_at = _xcom(context, ids.task_id(ids.DEPLOY_PRODUCTION, "health_check")).get("healthy_at")
+    deployed = parse_time(healthy_at) or datetime.now(UTC)
     return (deployed - committed).total_seconds() if committed else None
 
 

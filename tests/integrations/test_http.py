@@ -218,6 +218,18 @@ def test_5xx_is_tried_again_and_4xx_is_not(
     assert status == 404 and len(server.seen) == 1
 
 
+@pytest.mark.parametrize("client", ["sync", "async"])
+def test_the_earlier_token_extra_is_refused_not_sent_as_a_header(
+    server: Server, monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    _connect(monkeypatch, "old", host="127.0.0.1", port=server.port, extra=json.dumps({"token": "s3cret"}))
+    with pytest.raises(
+        ValueError, match="'old': the extra 'token' is not read any more, put the token in the"
+    ):
+        _sync_get("old") if client == "sync" else asyncio.run(_async_get("old"))
+    assert server.seen == []
+
+
 def test_connection_refused_is_raised_after_the_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
     _connect(monkeypatch, "down", host="127.0.0.1", port=free_port())
     hook = ConnectionHttpHook(method="GET", http_conn_id="down")

@@ -46,6 +46,7 @@ __all__ = [
     "ConnectionHttpHook",
     "base_url",
     "bearer_headers",
+    "check_extras",
     "retry_budget",
     "transient_retry",
 ]
@@ -83,6 +84,23 @@ def bearer_headers(conn: Connection) -> dict[str, str]:
     if conn.password and not conn.login:
         return {"Authorization": f"Bearer {conn.password}"}
     return {}
+
+
+_MOVED_EXTRAS = {
+    "token": "put the token in the connection's password (sent as a bearer token)",
+    "bearer_token": "put the token in the connection's password (sent as a bearer token)",
+    "headers": "give each header as an extra of its own",
+}
+
+
+def check_extras(conn: Connection) -> None:
+    """Refuse the extras of the earlier Prometheus connection format, which would now go out as headers."""
+    moved = sorted(set(conn.extra_dejson) & set(_MOVED_EXTRAS))
+    if moved:
+        raise ValueError(
+            f"connection {conn.conn_id!r}: the extra {moved[0]!r} is not read any more, "
+            f"{_MOVED_EXTRAS[moved[0]]}"
+        )
 
 
 def _server_error(response: Any) -> bool:
@@ -125,6 +143,7 @@ class ConnectionHttpHook(HttpHook):
     ) -> requests.Session:
         session = super().get_conn(headers, extra_options)
         conn = self.get_connection(self.http_conn_id)
+        check_extras(conn)
         self.base_url = base_url(conn)
         session.headers.update(bearer_headers(conn))
         return session
@@ -155,6 +174,7 @@ class ConnectionHttpAsyncHook(HttpAsyncHook):
         if self._settings is None:
             config = await super().config()
             conn = await get_async_connection(conn_id=self.http_conn_id, hook=self)
+            check_extras(conn)
             options: dict[str, Any] = dict(config.extra_options or {})
             tls = _aiohttp_ssl(options.pop("verify_ssl", None))
             if tls is not None:

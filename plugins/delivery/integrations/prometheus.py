@@ -9,7 +9,8 @@ integration reads it (:mod:`delivery.integrations.http`):
   (default ``http``); ``port`` is optional;
 * ``login``/``password``: HTTP Basic; ``password`` alone: a bearer token;
 * extras: ``timeout`` (seconds per query, default 10), ``verify`` (a JSON boolean or a CA bundle
-  path); any other key is sent as a request header.
+  path); any other key is sent as a request header. The extras of the earlier format (``token``,
+  ``bearer_token``, ``headers``) are refused with a message saying where they go now.
 
 Only ``GET /api/v1/query`` is used. A query is tried again on a connection error, a timeout or a
 5xx answer (:func:`~delivery.integrations.http.transient_retry`), then fails with

@@ -20,6 +20,7 @@ from airflow.providers.standard.operators.python import (
 from airflow.sdk import DAG, Param, TaskGroup
 from kubernetes.client import models as k8s
 
+from delivery.catalog.models import Check, VerifySpec
 from delivery.integrations.argocd.operator import ArgoCDSyncOperator
 from delivery.integrations.health import HealthCheckSensor
 from delivery.integrations.sonarqube import SonarQualityGateOperator
@@ -143,7 +144,7 @@ def build(service: str) -> DAG:
             verify = VerifyReleaseOperator(
                 task_id="verify",
                 service=service,
-                verify={"checks": [{"name": "error_rate", "query": "up", "max": 1}]},
+                verify=VerifySpec(checks=[Check(name="error_rate", query="up", max=1)]),
             )
             review = HITLOperator(
                 task_id="review",

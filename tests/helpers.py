@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: the project root, free ports, and git with a fixed identity."""
+"""Helpers shared by the tests: the project root, free ports, git with a fixed identity, stopping a process."""
 
 from __future__ import annotations
 
@@ -38,3 +38,13 @@ def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
     )
     assert proc.returncode == 0, f"git {' '.join(args)} failed: {proc.stderr}"
     return proc.stdout.rstrip("\n")
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 15) -> None:
+    """Terminate a server a test started; kill it if it does not stop within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)

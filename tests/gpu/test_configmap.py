@@ -63,9 +63,13 @@ def test_configmap_is_valid_kubernetes(rendered: dict[str, Any]) -> None:
     assert rendered["metadata"]["name"] == "delivery-gpu-harness"
     assert rendered["metadata"]["namespace"] == "visiobook-ci"
     assert len(rendered["metadata"]["annotations"]["delivery.visiobook.io/harness-sha256"]) == 64
-    # The sources are shipped byte for byte.
-    harness = (REPO / "plugins/delivery/gpu/harness.py").read_text(encoding="utf-8")
-    assert rendered["data"]["delivery.gpu.harness.py"] == harness
+    # The sources are shipped byte for byte: every module of the harness package.
+    modules = sorted((REPO / "plugins/delivery/gpu/harness").glob("*.py"))
+    assert {"__init__.py", "__main__.py", "cli.py", "probe.py", "sampler.py", "benchmark.py"} <= {
+        m.name for m in modules
+    }
+    for module in modules:
+        assert rendered["data"][f"delivery.gpu.harness.{module.name}"] == module.read_text(encoding="utf-8")
     assert rendered["data"]["delivery.gpu.demo_model.py"].startswith('"""A tiny transformer')
     assert len(yaml.safe_dump(rendered).encode()) < 1024 * 1024  # the API server's object size limit
 
@@ -85,19 +89,24 @@ def test_cli_prints_the_configmap_with_the_catalogs_namespace() -> None:
     catalog, _ = load_catalog()
     assert cm["metadata"]["namespace"] == catalog.platform.kubernetes.namespace
     assert cm == configmap.render_configmap(namespace=catalog.platform.kubernetes.namespace)
-    assert "delivery.gpu.harness.py: |" in proc.stdout  # sources as literal blocks, readable in kubectl
+    assert "delivery.gpu.harness.cli.py: |" in proc.stdout  # sources as literal blocks, readable in kubectl
     kubernetes_validate.validate(cm, KUBERNETES_VERSION, strict=True)
 
 
 def test_volume_layout_is_the_package_layout(mounted: Path) -> None:
     files = sorted(str(p.relative_to(mounted)) for p in mounted.rglob("*") if p.is_file())
-    assert files == [
-        "delivery/__init__.py",
-        "delivery/gpu/__init__.py",
-        "delivery/gpu/demo_model.py",
-        "delivery/gpu/harness.py",
-        "delivery/gpu/result.schema.json",
-    ]
+    harness = sorted(
+        f"delivery/gpu/harness/{m.name}" for m in (REPO / "plugins/delivery/gpu/harness").glob("*.py")
+    )
+    assert files == sorted(
+        [
+            "delivery/__init__.py",
+            "delivery/gpu/__init__.py",
+            "delivery/gpu/demo_model.py",
+            *harness,
+            "delivery/gpu/result.schema.json",
+        ]
+    )
     assert configmap.harness_env() == {"PYTHONPATH": "/opt/delivery"}
 
 
@@ -112,7 +121,7 @@ def test_harness_help_runs_from_the_mounted_files_only(mounted: Path, tmp_path: 
         timeout=60,
         check=True,
     )
-    assert Path(where.stdout.strip()).resolve() == (mounted / "delivery/gpu/harness.py").resolve()
+    assert Path(where.stdout.strip()).resolve() == (mounted / "delivery/gpu/harness/__init__.py").resolve()
     proc = subprocess.run(
         [sys.executable, "-m", "delivery.gpu.harness", "--help"],
         check=False,

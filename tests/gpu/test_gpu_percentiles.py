@@ -56,6 +56,17 @@ def test_one_to_hundred() -> None:
     assert percentile(values, 99) == pytest.approx(99.01)
 
 
+@pytest.mark.parametrize("q", [1, 12.5, 33, 50, 90, 95, 99, 99.9])
+def test_it_is_type_7_at_any_rank(q: float) -> None:
+    """Hyndman & Fan type 7 by hand (numpy's ``linear``): rank (n - 1) * q / 100, then interpolate."""
+    values = [3.2, 1.0, 9.75, 4.4, 2.5, 7.0, 5.5, 8.25, 6.0, 0.5, 11.0]
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    expected = ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (rank - low)
+    assert percentile(values, q) == pytest.approx(expected)
+
+
 def test_two_values_and_one_value() -> None:
     assert percentile([3.0, 1.0], 50) == pytest.approx(2.0)
     assert percentile([3.0, 1.0], 95) == pytest.approx(2.9)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from delivery.integrations.sonarqube import QualityGateFailed, SonarQualityGateOperator
+from tests.helpers import free_port
 from tests.standins.sonarqube_server import SonarStandIn
 
 
@@ -95,6 +96,34 @@ def test_failed_analysis_and_bad_token_say_what_to_fix(
     sonar.token = "rotated"
     with pytest.raises(QualityGateFailed, match="refused the token of connection 'sonar_test' \\(401\\)"):
         _gate().execute(context={})  # type: ignore[arg-type]
+
+
+def test_a_sonarqube_that_is_starting_is_asked_again(sonar: SonarStandIn) -> None:
+    sonar.unavailable = 2
+    result = _gate(branch="main").execute(context={})  # type: ignore[arg-type]
+    assert result["status"] == "OK"
+    assert [path for path, _, _ in sonar.requests] == ["/api/ce/component"] * 3 + [
+        "/api/qualitygates/project_status"
+    ]
+
+
+def test_a_sonarqube_that_stays_down_fails_the_gate_with_its_answer(sonar: SonarStandIn) -> None:
+    sonar.unavailable = 10
+    with pytest.raises(QualityGateFailed, match=r"SonarQube /api/ce/component answered 503: .*maintenance"):
+        _gate().execute(context={})  # type: ignore[arg-type]
+    assert len(sonar.requests) == 3  # three attempts, then the last answer is reported
+
+
+def test_an_unreachable_sonarqube_says_where(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SONAR_DOWN", json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": port})
+    )
+    gate = SonarQualityGateOperator(
+        task_id="quality_gate", project_key="visiobook-web", sonarqube_conn_id="sonar_down"
+    )
+    with pytest.raises(QualityGateFailed, match=f"unreachable at http://127.0.0.1:{port}"):
+        gate.execute(context={})  # type: ignore[arg-type]
 
 
 def test_queue_that_never_drains_times_out(sonar: SonarStandIn) -> None:

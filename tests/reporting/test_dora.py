@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from delivery.reporting import dora
-from tests.reporting.history import API, COMMIT_TIMES, EXPECTED, RELEASES, RUNS, SINCE, UNTIL, WEB
+from tests.reporting.history import API, COMMIT_TIMES, EXPECTED, RELEASES, RUNS, SINCE, UNTIL, WEB, release
 
 
 def _report() -> dora.DoraReport:
@@ -53,14 +53,6 @@ def test_empty_history_and_bad_window() -> None:
     )
     with pytest.raises(ValueError, match="the window is empty"):
         dora.compute(releases={}, since=UNTIL, until=SINCE)
-
-
-def test_window_parsing() -> None:
-    assert dora.parse_window("30d") == timedelta(days=30)
-    assert dora.parse_window("12h") == timedelta(hours=12)
-    assert dora.parse_window("4w") == timedelta(weeks=4)
-    with pytest.raises(Exception, match="expected a window like 30d"):
-        dora.parse_window("a month")
 
 
 @pytest.fixture
@@ -121,10 +113,69 @@ def test_cli_json_and_table(
 
 
 def test_dag_run_adapter_reads_the_metadata_db(airflow_db: object) -> None:
+    """Real DagRun rows in the test's metadata DB, read back through Airflow's ORM."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunType
+    from sqlalchemy import delete
+
     from delivery.catalog import load_catalog
 
     catalog, _ = load_catalog()
-    runs = dora.load_runs(catalog=catalog, services=[API, WEB], since=SINCE)
-    # The query is valid against the real schema; other tests of the session may have run WEB's DAG.
-    assert runs[API] == []
+    dag_id = catalog.service(API).dag_id
+    committed = SINCE + timedelta(hours=1, minutes=15)
+    started = SINCE + timedelta(hours=2)
+
+    def row(run_id: str, dag: str, start: datetime, state: DagRunState, conf: dict[str, str]) -> DagRun:
+        run = DagRun(
+            dag_id=dag,
+            run_id=run_id,
+            run_type=DagRunType.MANUAL,
+            run_after=start,
+            start_date=start,
+            state=state,
+            conf=conf,
+        )
+        run.end_date = start + timedelta(minutes=30)
+        return run
+
+    rows = [
+        # The run's conf carries the commit's time (ISO 8601 with a Z, as GitHub writes it).
+        row("dora__in_window", dag_id, started, DagRunState.SUCCESS, {"commit_time": "2025-05-01T01:15:00Z"}),
+        row(
+            "dora__before",
+            dag_id,
+            SINCE - timedelta(minutes=1),
+            DagRunState.FAILED,
+            {"commit_time": "2025-04-30T23:00:00Z"},
+        ),
+        row("dora__not_delivery", "some_other_dag", started, DagRunState.SUCCESS, {}),
+    ]
+    with create_session() as session:
+        session.add_all(rows)
+    try:
+        runs = dora.load_runs(catalog=catalog, services=[API, WEB], since=SINCE)
+    finally:
+        with create_session() as session:
+            session.execute(delete(DagRun).where(DagRun.run_id.in_([r.run_id for r in rows])))
+
+    ours = [r for r in runs[API] if r.run_id.startswith("dora__")]
+    assert ours == [
+        dora.RunRecord(
+            dag_id=dag_id,
+            run_id="dora__in_window",
+            state="success",
+            start_date=started,
+            end_date=started + timedelta(minutes=30),
+            commit_time=committed,
+        )
+    ]  # the run before since, and the run of another DAG, are not read
     assert all(r.dag_id == catalog.service(WEB).dag_id for r in runs[WEB])
+    # The commit time read back is what the lead time of the run's production release starts from.
+    deployed = release(API, 1, started + timedelta(hours=1), sha="unknown-sha", run_id="dora__in_window")
+    report = dora.compute(releases={API: [deployed]}, runs={API: ours}, since=SINCE, until=UNTIL)
+    assert (
+        report.services[API].lead_time_median_s == (started + timedelta(hours=1) - committed).total_seconds()
+    )
+    assert report.services[API].pipeline_runs == 1

@@ -1,22 +1,34 @@
-"""Delivery metrics on the wire: StatsD over a real UDP socket, Pushgateway over HTTP (a capture
-server for the exact bytes, and the real Pushgateway when it is installed)."""
+"""Delivery metrics without a server: StatsD over a real UDP socket, the Pushgateway exposition read
+back with prometheus_client's own parser, and emission that never raises.
+
+The real Pushgateway (and Prometheus evaluating the shipped rules over it) is in
+``tests/reporting/test_pushgateway.py``.
+"""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
-import requests
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from delivery.reporting import metrics
+from delivery.reporting.metrics import Deploy, Run, RunOutcome
+
+RUN = Run(service="visiobook-api", dag_id="deliver_visiobook_api", run_id="manual__2026-05-01T10:00:00+00:00")
+DEPLOYED = RunOutcome(
+    pipeline="success",
+    duration_s=1800,
+    deploys=(
+        Deploy(environment="staging", result="success", duration_s=95.5),
+        Deploy(environment="production", result="success", duration_s=45),
+    ),
+    approval="approved",
+    lead_time_s=7201.25,
+)
 
 
 @pytest.fixture
@@ -32,232 +44,145 @@ def statsd(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
         sock.close()
 
 
-def _receive(sock: socket.socket, count: int) -> list[str]:
-    return [sock.recvfrom(65535)[0].decode() for _ in range(count)]
+def _receive(sock: socket.socket) -> list[str]:
+    lines = []
+    sock.settimeout(0.5)
+    try:
+        while True:
+            lines.append(sock.recvfrom(65535)[0].decode())
+    except TimeoutError:
+        return lines
 
 
-def test_statsd_deploy_wire_format(statsd: socket.socket) -> None:
-    assert metrics.record_deploy(
-        service="visiobook-api", environment="production", result="success", duration_s=93.5
-    )
-    assert _receive(statsd, 3) == [
+def test_statsd_open_run_creates_every_counter_at_zero(statsd: socket.socket) -> None:
+    assert metrics.open_run(RUN)
+    lines = _receive(statsd)
+    assert all(line.split("|")[0].endswith(":0") and "|c|#" in line for line in lines)
+    assert "delivery_pipeline_runs_total:0|c|#service:visiobook-api,result:failed" in lines
+    assert "delivery_deploy_total:0|c|#service:visiobook-api,environment:staging,result:success" in lines
+    assert "delivery_rollback_total:0|c|#service:visiobook-api,environment:production,result:failed" in lines
+    assert "delivery_approval_total:0|c|#service:visiobook-api,result:timeout" in lines
+    assert len(lines) == 2 + 4 + 4 + 3
+
+
+def test_statsd_end_of_run_sends_the_events(statsd: socket.socket) -> None:
+    assert metrics.record_run(RUN, DEPLOYED)
+    assert _receive(statsd) == [
+        "delivery_pipeline_runs_total:1|c|#service:visiobook-api,result:success",
+        "delivery_pipeline_duration_seconds:1800000|ms|#service:visiobook-api",
+        "delivery_deploy_total:1|c|#service:visiobook-api,environment:staging,result:success",
+        "delivery_deploy_duration_seconds:95500|ms|#service:visiobook-api,environment:staging",
         "delivery_deploy_total:1|c|#service:visiobook-api,environment:production,result:success",
-        "delivery_deploy_total:0|c|#service:visiobook-api,environment:production,result:failed",
-        "delivery_deploy_duration_seconds:93500|ms|#service:visiobook-api,environment:production",
+        "delivery_deploy_duration_seconds:45000|ms|#service:visiobook-api,environment:production",
+        "delivery_approval_total:1|c|#service:visiobook-api,result:approved",
+        "delivery_lead_time_seconds:7201250|ms|#service:visiobook-api",
+        "delivery_approvals_pending:0|g|#service:visiobook-api,environment:production,"
+        "dag_id:deliver_visiobook_api,run_id:manual__2026-05-01T10_00_00+00_00",
     ]
 
 
-def test_statsd_rollback_approval_lead_time_and_runs(statsd: socket.socket) -> None:
-    commit = datetime(2025, 5, 1, 10, 0, tzinfo=UTC)
-    assert metrics.record_rollback(service="visiobook-web", result="failed")
-    assert metrics.record_approval(service="visiobook-web", result="timeout")
-    assert metrics.record_approvals_pending(service="visiobook-web", pending=2)
-    assert metrics.record_lead_time(
-        service="visiobook-web", commit_time=commit, deployed_at=commit + timedelta(hours=2, seconds=1.25)
-    )
-    assert metrics.record_pipeline_run(service="visiobook-web", result="failed", duration_s=600)
-    assert _receive(statsd, 10) == [
-        "delivery_rollback_total:0|c|#service:visiobook-web,environment:production,result:success",
-        "delivery_rollback_total:1|c|#service:visiobook-web,environment:production,result:failed",
-        "delivery_approval_total:0|c|#service:visiobook-web,result:approved",
-        "delivery_approval_total:0|c|#service:visiobook-web,result:rejected",
-        "delivery_approval_total:1|c|#service:visiobook-web,result:timeout",
-        "delivery_approvals_pending:2|g|#service:visiobook-web,environment:production",
-        "delivery_lead_time_seconds:7201250|ms|#service:visiobook-web",
-        "delivery_pipeline_runs_total:0|c|#service:visiobook-web,result:success",
-        "delivery_pipeline_runs_total:1|c|#service:visiobook-web,result:failed",
-        "delivery_pipeline_duration_seconds:600000|ms|#service:visiobook-web",
+def test_statsd_pending_approval_gauge_is_the_runs(statsd: socket.socket) -> None:
+    assert metrics.record_approvals_pending(RUN, pending=True)
+    assert _receive(statsd) == [
+        "delivery_approvals_pending:1|g|#service:visiobook-api,environment:production,"
+        "dag_id:deliver_visiobook_api,run_id:manual__2026-05-01T10_00_00+00_00"
     ]
 
 
-def test_emission_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_emission_never_raises(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("DELIVERY_METRICS_BACKEND", "none")
-    assert metrics.record_deploy(service="x", environment="staging", result="success")
+    assert metrics.record_run(RUN, DEPLOYED)
     monkeypatch.setenv("DELIVERY_METRICS_BACKEND", "pushgateway")
     monkeypatch.setenv("DELIVERY_METRICS_URL", "http://127.0.0.1:9")  # nothing listens there
-    assert metrics.record_deploy(service="x", environment="staging", result="success") is False
+    assert metrics.open_run(RUN) is False
+    assert metrics.record_run(RUN, DEPLOYED) is False
     monkeypatch.setenv("DELIVERY_METRICS_BACKEND", "carrier-pigeon")
-    assert metrics.record_approval(service="x", result="approved") is False
+    assert metrics.record_approvals_pending(RUN, pending=True) is False
+    assert "must be none, pushgateway or statsd, got 'carrier-pigeon'" in caplog.text
     monkeypatch.setenv("DELIVERY_METRICS_BACKEND", "statsd")
-    assert metrics.record_approval(service="x", result="maybe") is False  # invalid result: logged
+    assert metrics.record_run(RUN, RunOutcome(approval="maybe")) is False  # invalid result: logged
+    assert "result must be one of approved, rejected, timeout, got 'maybe'" in caplog.text
 
 
-class _Capture:
-    """A Pushgateway-shaped HTTP server: serves ``exposition`` on /metrics, records pushes."""
-
-    def __init__(self) -> None:
-        self.exposition = ""
-        self.pushes: list[tuple[str, str, dict[str, str], str]] = []
-        capture = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                body = capture.exposition.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                capture.pushes.append(("POST", self.path, dict(self.headers), raw))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
-@pytest.fixture
-def capture(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Capture]:
-    server = _Capture()
-    monkeypatch.setenv("DELIVERY_METRICS_BACKEND", "pushgateway")
-    monkeypatch.setenv("DELIVERY_METRICS_URL", server.url)
-    try:
-        yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-
-
-def test_pushgateway_first_push_wire_format(capture: _Capture) -> None:
-    assert metrics.record_deploy(
-        service="visiobook-api", environment="production", result="failed", duration_s=45
-    )
-    [(method, path, headers, body)] = capture.pushes
-    assert (method, path) == ("POST", "/metrics/job/delivery/service/visiobook-api")
-    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    labels = 'service="visiobook-api",environment="production"'
-    buckets = [
-        f'delivery_deploy_duration_seconds_bucket{{{labels},le="{le}"}} {n}'
-        for le, n in (
-            ("30", 0),
-            ("60", 1),
-            ("120", 1),
-            ("300", 1),
-            ("600", 1),
-            ("1200", 1),
-            ("1800", 1),
-            ("3600", 1),
+def _exposition(samples: list[metrics.Sample]) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """What the Pushgateway receives, read back with prometheus_client's parser: name -> labels -> value."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics._Collector(samples))
+    read: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        assert (
+            family.documentation
+            == metrics.HELP[family.name if family.type != "counter" else f"{family.name}_total"]
         )
-    ]
-    assert body.splitlines() == [
-        "# HELP delivery_deploy_duration_seconds Duration of a deploy, start to healthy (or failure).",
-        "# TYPE delivery_deploy_duration_seconds histogram",
-        *buckets,
-        f'delivery_deploy_duration_seconds_bucket{{{labels},le="+Inf"}} 1',
-        f"delivery_deploy_duration_seconds_sum{{{labels}}} 45",
-        f"delivery_deploy_duration_seconds_count{{{labels}}} 1",
-        "# HELP delivery_deploy_total Finished deploys to an environment.",
-        "# TYPE delivery_deploy_total counter",
-        f'delivery_deploy_total{{{labels},result="failed"}} 1',
-        f'delivery_deploy_total{{{labels},result="success"}} 0',
-    ]
+        for sample in family.samples:
+            read.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return read
 
 
-def test_pushgateway_counters_stay_cumulative(capture: _Capture) -> None:
-    # What the gateway holds after earlier pushes (its own label order, grouping labels added).
-    capture.exposition = "\n".join(
-        [
-            "# TYPE delivery_approval_total counter",
-            'delivery_approval_total{instance="",job="delivery",result="approved",service="visiobook-api"} 4',
-            'delivery_approval_total{instance="",job="delivery",result="rejected",service="visiobook-api"} 1',
-            'delivery_approval_total{instance="",job="delivery",result="timeout",service="visiobook-api"} 0',
-            'delivery_approval_total{instance="",job="delivery",result="approved",service="visiobook-web"} 9',
-            'push_time_seconds{instance="",job="delivery",service="visiobook-api"} 1.7e+09',
-        ]
-    )
-    assert metrics.record_approval(service="visiobook-api", result="approved")
-    [(_, path, _, body)] = capture.pushes
-    assert path == "/metrics/job/delivery/service/visiobook-api"
-    assert body == (
-        "# HELP delivery_approval_total Answered (or timed out) approval requests.\n"
-        "# TYPE delivery_approval_total counter\n"
-        'delivery_approval_total{service="visiobook-api",result="approved"} 5\n'
-        'delivery_approval_total{service="visiobook-api",result="rejected"} 1\n'
-        'delivery_approval_total{service="visiobook-api",result="timeout"} 0\n'
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def pushgateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    assert binary is not None, "install the Pushgateway (Debian: apt-get install prometheus-pushgateway)"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if requests.get(f"{url}/-/ready", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the Pushgateway did not start")
-        monkeypatch.setenv("DELIVERY_METRICS_BACKEND", "pushgateway")
-        monkeypatch.setenv("DELIVERY_METRICS_URL", url)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_real_pushgateway_accumulates(pushgateway: str) -> None:
-    assert metrics.record_deploy(
-        service="visiobook-api", environment="production", result="success", duration_s=50
-    )
-    assert metrics.record_deploy(
-        service="visiobook-api", environment="production", result="success", duration_s=700
-    )
-    assert metrics.record_deploy(
-        service="visiobook-api", environment="staging", result="failed", duration_s=20
-    )
-    assert metrics.record_deploy(
-        service="visiobook-web", environment="production", result="success", duration_s=10
-    )
-    text = requests.get(f"{pushgateway}/metrics", timeout=5).text
-    values = {
-        (name, tuple(sorted(labels.items()))): value
-        for name, labels, value in metrics.parse_exposition(text)
-        if name.startswith("delivery_")
+def test_a_run_opens_with_every_series_of_the_contract_at_zero() -> None:
+    read = _exposition(metrics.run_samples("visiobook-api", RunOutcome()))
+    assert set(read) == {
+        "delivery_pipeline_runs_total",
+        "delivery_pipeline_duration_seconds_bucket",
+        "delivery_pipeline_duration_seconds_sum",
+        "delivery_pipeline_duration_seconds_count",
+        "delivery_deploy_total",
+        "delivery_deploy_duration_seconds_bucket",
+        "delivery_deploy_duration_seconds_sum",
+        "delivery_deploy_duration_seconds_count",
+        "delivery_rollback_total",
+        "delivery_approval_total",
+        "delivery_approvals_pending",
+        "delivery_lead_time_seconds_bucket",
+        "delivery_lead_time_seconds_sum",
+        "delivery_lead_time_seconds_count",
     }
+    assert all(value == 0 for series in read.values() for value in series.values())
+    assert len(read["delivery_deploy_total"]) == 4  # (staging, production) x (success, failed)
+    assert len(read["delivery_approval_total"]) == 3
+    assert len(read["delivery_deploy_duration_seconds_bucket"]) == 2 * (len(metrics.DEPLOY_BUCKETS) + 1)
+
+
+def test_the_end_of_a_run_holds_its_events() -> None:
+    read = _exposition(metrics.run_samples("visiobook-api", DEPLOYED))
+    api = (("service", "visiobook-api"),)
 
     def value(name: str, **labels: str) -> float:
-        key = (name, tuple(sorted({"instance": "", "job": "delivery", **labels}.items())))
-        return values[key]
+        return read[name][tuple(sorted((*api, *labels.items())))]
 
-    api_prod = {"service": "visiobook-api", "environment": "production"}
-    assert value("delivery_deploy_total", **api_prod, result="success") == 2
-    assert value("delivery_deploy_total", **api_prod, result="failed") == 0
-    assert (
-        value("delivery_deploy_total", service="visiobook-api", environment="staging", result="failed") == 1
+    assert value("delivery_pipeline_runs_total", result="success") == 1
+    assert value("delivery_pipeline_runs_total", result="failed") == 0
+    assert value("delivery_deploy_total", environment="production", result="success") == 1
+    assert value("delivery_deploy_total", environment="production", result="failed") == 0
+    assert value("delivery_deploy_duration_seconds_bucket", environment="production", le="30.0") == 0
+    assert value("delivery_deploy_duration_seconds_bucket", environment="production", le="60.0") == 1
+    assert value("delivery_deploy_duration_seconds_bucket", environment="production", le="+Inf") == 1
+    assert value("delivery_deploy_duration_seconds_sum", environment="staging") == 95.5
+    assert value("delivery_approval_total", result="approved") == 1
+    assert value("delivery_approvals_pending", environment="production") == 0
+    assert value("delivery_lead_time_seconds_bucket", le="3600.0") == 0
+    assert value("delivery_lead_time_seconds_bucket", le="14400.0") == 1
+    assert value("delivery_rollback_total", environment="production", result="failed") == 0
+
+
+def test_a_rollback_run_counts_its_environment() -> None:
+    read = _exposition(
+        metrics.run_samples("web", RunOutcome(rollback="failed", rollback_environment="staging"))
     )
-    assert (
-        value("delivery_deploy_total", service="visiobook-web", environment="production", result="success")
-        == 1
-    )
-    assert value("delivery_deploy_duration_seconds_count", **api_prod) == 2
-    assert value("delivery_deploy_duration_seconds_sum", **api_prod) == 750
-    assert value("delivery_deploy_duration_seconds_bucket", **api_prod, le="60") == 1
-    assert value("delivery_deploy_duration_seconds_bucket", **api_prod, le="1200") == 2
-    assert value("delivery_deploy_duration_seconds_bucket", **api_prod, le="+Inf") == 2
+    failed = read["delivery_rollback_total"]
+    assert failed[(("environment", "staging"), ("result", "failed"), ("service", "web"))] == 1
+    assert failed[(("environment", "production"), ("result", "failed"), ("service", "web"))] == 0
+    assert sum(read["delivery_pipeline_runs_total"].values()) == 0  # not a delivery DAG run
+
+
+def test_the_run_is_read_from_a_task_context() -> None:
+    class Ti:
+        dag_id = "rollback_visiobook_api"
+        run_id = "alertmanager__abc"
+
+    run = Run.of("visiobook-api", {"ti": Ti(), "run_id": "alertmanager__abc"})
+    assert run.grouping_key() == {
+        "service": "visiobook-api",
+        "dag_id": "rollback_visiobook_api",
+        "run_id": "alertmanager__abc",
+    }

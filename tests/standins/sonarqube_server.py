@@ -1,7 +1,10 @@
 """A SonarQube Web API stand-in on 127.0.0.1: ``api/ce/component`` and ``api/qualitygates/project_status``.
 
 Shapes follow SonarQube's documented responses. ``queue_polls`` makes the
-analysis look queued for that many polls; ``gate`` is the project status.
+analysis look queued for that many polls; ``gate`` is the project status. ``unavailable`` answers
+that many requests with 503, as SonarQube's web server does while it is not fully up (starting,
+or in safe mode during a database migration: ``api/system/status`` says ``STARTING`` or
+``DB_MIGRATION_NEEDED``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class SonarStandIn:
     gate: dict[str, Any] = field(default_factory=lambda: {"status": "OK", "conditions": []})
     queue_polls: int = 0
     analysis_status: str = "SUCCESS"
+    unavailable: int = 0
     requests: list[tuple[str, dict[str, list[str]], str]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -39,6 +43,9 @@ class SonarStandIn:
                 url = urlparse(self.path)
                 query = parse_qs(url.query)
                 standin.requests.append((url.path, query, self.headers.get("Authorization", "")))
+                if standin.unavailable > 0:
+                    standin.unavailable -= 1
+                    return self._send(503, {"errors": [{"msg": "SonarQube is under maintenance"}]})
                 if self.headers.get("Authorization") != f"Bearer {standin.token}":
                     return self._send(401, {"errors": [{"msg": "Authentication required"}]})
                 if url.path == "/api/ce/component":

@@ -5,36 +5,31 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
-import re
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pytest
-from airflow.sdk import Connection
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+from pydantic import ValidationError
 
+from delivery.catalog.models import Check, VerifySpec, render_query
 from delivery.integrations.prometheus import (
     PrometheusQueryError,
     PrometheusUnreachable,
     parse_query_response,
-    settings_from_connection,
 )
 from delivery.verification.analysis import (
     DECISION_HOLD,
     DECISION_PROMOTE,
     Analysis,
-    CheckSpec,
     MeasurementError,
     Phase,
     Sample,
     VerificationError,
     VerificationFailed,
     VerificationInconclusive,
-    VerifySpec,
     arun_analysis,
     evaluate_check,
-    parse_duration,
-    render_query,
     resolve,
     run_analysis,
 )
@@ -66,7 +61,7 @@ CONTRACT = {
 
 
 def spec(**overrides: object) -> VerifySpec:
-    return VerifySpec.from_mapping({**CONTRACT, **overrides})
+    return VerifySpec.model_validate({**CONTRACT, **overrides})
 
 
 def ok(value: float) -> list[Sample]:
@@ -74,94 +69,113 @@ def ok(value: float) -> list[Sample]:
 
 
 # ------------------------------------------------------------------------------------------
-# Input contract
+# Input contract: the catalog's VerifySpec (durations: tests/catalog/test_durations.py)
 # ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "seconds"),
-    [
-        pytest.param("10s", 10.0, id="seconds"),
-        pytest.param("1m", 60.0, id="minutes"),
-        pytest.param("1h", 3600.0, id="hours"),
-        pytest.param("500ms", 0.5, id="milliseconds"),
-        pytest.param("2", 2.0, id="bare-string"),
-        pytest.param(1.5, 1.5, id="float"),
-        pytest.param(0, 0.0, id="zero"),
-    ],
-)
-def test_parse_duration(raw: str | float, seconds: float) -> None:
-    assert parse_duration(raw) == seconds
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        pytest.param("10 minutes", id="word-unit"),
-        pytest.param("-1s", id="negative-string"),
-        pytest.param(-3, id="negative-number"),
-        pytest.param(True, id="bool"),
-        pytest.param("", id="empty"),
-    ],
-)
-def test_parse_duration_rejects(raw: str | float) -> None:
-    with pytest.raises(ValueError, match="duration"):
-        parse_duration(raw)
 
 
 def test_contract_parses() -> None:
     parsed = spec()
-    assert parsed.interval == 10.0
+    assert parsed.interval == timedelta(seconds=10)
     assert parsed.count == 5
     assert parsed.on_inconclusive == "hold"
     assert [c.name for c in parsed.checks] == ["error_rate", "latency_p95"]
     assert parsed.checks[0].max == 0.05
     assert parsed.checks[0].min is None
-    assert VerifySpec.from_mapping(parsed.to_dict()) == parsed
+    # The JSON form (what the trigger stores) reads back as the same spec.
+    assert parsed.model_dump(mode="json")["interval"] == "10s"
+    assert VerifySpec.model_validate(parsed.model_dump(mode="json")) == parsed
 
 
 def test_defaults() -> None:
-    parsed = VerifySpec.from_mapping({"checks": [{"name": "up", "query": "up", "min": 1}]})
-    assert (parsed.interval, parsed.count, parsed.failure_limit, parsed.inconclusive_limit) == (10.0, 5, 1, 1)
+    parsed = VerifySpec.model_validate({"checks": [{"name": "up", "query": "up", "min": 1}]})
+    assert (parsed.interval, parsed.count, parsed.failure_limit, parsed.inconclusive_limit) == (
+        timedelta(seconds=30),
+        5,
+        1,
+        1,
+    )
     assert parsed.on_inconclusive == "hold"
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("overrides", "field", "message"),
     [
-        pytest.param({"checks": []}, "at least one check", id="no-checks"),
-        pytest.param({"count": 0}, 'count "0"', id="count-zero"),
-        pytest.param({"failure_limit": -1}, 'failure_limit "-1"', id="negative-failure-limit"),
-        pytest.param({"inconclusive_limit": "1"}, 'inconclusive_limit "1"', id="string-limit"),
-        pytest.param({"on_inconclusive": "retry"}, 'on_inconclusive "retry"', id="bad-policy"),
-        pytest.param({"interval": "soon"}, 'duration "soon"', id="bad-interval"),
-        pytest.param({"timeout": "1m"}, "unknown keys", id="unknown-key"),
+        pytest.param({"count": 0}, "count", "greater than or equal to 1", id="count-zero"),
+        pytest.param({"count": True}, "count", "valid integer", id="count-bool"),
+        pytest.param(
+            {"failure_limit": -1}, "failure_limit", "greater than or equal to 0", id="negative-limit"
+        ),
+        pytest.param({"inconclusive_limit": "1"}, "inconclusive_limit", "valid integer", id="string-limit"),
+        pytest.param(
+            {"on_inconclusive": "retry"}, "on_inconclusive", "'hold', 'fail' or 'pass'", id="bad-policy"
+        ),
+        pytest.param(
+            {"interval": "soon"}, "interval", "duration 'soon' is not understood", id="bad-interval"
+        ),
+        pytest.param({"interval": 0}, "interval", "must be positive", id="zero-interval"),
+        pytest.param({"timeout": "1m"}, "timeout", "Extra inputs are not permitted", id="unknown-key"),
         pytest.param(
             {"checks": [{"name": "a", "query": "up", "max": 1}, {"name": "a", "query": "up", "max": 2}]},
-            "repeated",
+            "checks",
+            "repeated: ['a']",
             id="duplicate-check",
         ),
-        pytest.param({"checks": [{"name": "a", "query": "up"}]}, 'needs "min", "max"', id="no-bounds"),
+        pytest.param(
+            {"checks": [{"name": "a", "query": "up"}]},
+            "checks.0",
+            "needs 'min', 'max' or both",
+            id="no-bounds",
+        ),
         pytest.param(
             {"checks": [{"name": "a", "query": "up", "min": 2, "max": 1}]},
-            "greater than max",
+            "checks.0",
+            "min 2 is greater than max 1",
             id="min-above-max",
         ),
-        pytest.param({"checks": [{"name": "a", "query": " ", "max": 1}]}, "empty query", id="empty-query"),
-        pytest.param({"checks": [{"name": "1a", "query": "up", "max": 1}]}, 'check name "1a"', id="bad-name"),
         pytest.param(
-            {"checks": [{"name": "a", "query": "up", "max": "high"}]}, "should be a number", id="bad-max"
+            {"checks": [{"name": "a", "query": " ", "max": 1}]},
+            "checks.0.query",
+            "empty query",
+            id="empty-query",
+        ),
+        pytest.param(
+            {"checks": [{"name": "1a", "query": "up", "max": 1}]},
+            "checks.0.name",
+            "check name '1a'",
+            id="bad-name",
+        ),
+        pytest.param(
+            {"checks": [{"name": "a", "query": "up", "max": "high"}]},
+            "checks.0.max",
+            "valid number",
+            id="bad-max",
+        ),
+        pytest.param(
+            {"checks": [{"name": "a", "query": "up", "max": math.nan}]},
+            "checks.0.max",
+            "not NaN",
+            id="nan-max",
         ),
         pytest.param(
             {"checks": [{"name": "a", "query": "up", "max": 1, "warn": 2}]},
-            "unknown keys",
+            "checks.0.warn",
+            "Extra inputs are not permitted",
             id="unknown-check-key",
+        ),
+        pytest.param(
+            {"checks": [{"name": "up", "query": 'up{job="{{ job }}"}', "max": 1}]},
+            "checks.0.query",
+            'placeholder "{{ job }}" is unknown',
+            id="unknown-placeholder",
         ),
     ],
 )
-def test_contract_errors(overrides: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_contract_errors(overrides: dict[str, object], field: str, message: str) -> None:
+    with pytest.raises(ValidationError) as refused:
         spec(**overrides)
+    [error] = refused.value.errors()
+    assert ".".join(str(part) for part in error["loc"]) == field
+    assert message in error["msg"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -178,11 +192,13 @@ def test_render_query_substitutes() -> None:
 
 
 def test_spec_render_keeps_everything_but_queries() -> None:
-    rendered = spec().render({"service": "catalog"})
+    original = spec()
+    rendered = original.render({"service": "catalog"})
     assert 'service="catalog"' in rendered.checks[0].query
     assert "{{" not in rendered.checks[1].query
-    assert rendered.checks[0].max == 0.05
-    assert rendered.count == 5
+    assert rendered.model_dump(exclude={"checks"}) == original.model_dump(exclude={"checks"})
+    assert [(c.name, c.max) for c in rendered.checks] == [(c.name, c.max) for c in original.checks]
+    assert "{{ service }}" in original.checks[0].query  # the catalog's spec is left as it was
 
 
 @pytest.mark.parametrize(
@@ -208,9 +224,9 @@ def test_render_query_rejects(template: str, variables: dict[str, str], message:
 # One check
 # ------------------------------------------------------------------------------------------
 
-MAX_ONLY = CheckSpec(name="error_rate", query="q", max=0.05)
-MIN_ONLY = CheckSpec(name="throughput", query="q", min=10)
-BOTH = CheckSpec(name="ratio", query="q", min=0.2, max=0.8)
+MAX_ONLY = Check(name="error_rate", query="q", max=0.05)
+MIN_ONLY = Check(name="throughput", query="q", min=10)
+BOTH = Check(name="ratio", query="q", min=0.2, max=0.8)
 
 
 @pytest.mark.parametrize(
@@ -257,7 +273,7 @@ BOTH = CheckSpec(name="ratio", query="q", min=0.2, max=0.8)
     ],
 )
 def test_evaluate_check(
-    check: CheckSpec, outcome: Sequence[Sample] | MeasurementError, phase: Phase, text: str
+    check: Check, outcome: Sequence[Sample] | MeasurementError, phase: Phase, text: str
 ) -> None:
     result = evaluate_check(check, outcome)
     assert result.phase is phase
@@ -312,7 +328,7 @@ def scripted_spec(**overrides: object) -> VerifySpec:
             {"name": "second", "query": "second", "max": 0.5},
         ],
     }
-    return VerifySpec.from_mapping({**base, **overrides})
+    return VerifySpec.model_validate({**base, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -343,15 +359,15 @@ def test_analysis_phase(script: str, overrides: dict[str, object], phase: Phase,
 
 
 def test_failed_measurement_wins_over_inconclusive_check() -> None:
-    check_a = CheckSpec(name="a", query="a", max=1)
-    check_b = CheckSpec(name="b", query="b", max=1)
-    analysis = Analysis(VerifySpec(checks=(check_a, check_b), count=3))
+    check_a = Check(name="a", query="a", max=1)
+    check_b = Check(name="b", query="b", max=1)
+    analysis = Analysis(VerifySpec(checks=[check_a, check_b], count=3))
     measurement = analysis.measure({"a": ok(2), "b": PrometheusUnreachable("down")})
     assert measurement.phase is Phase.FAILED
 
 
 def test_analysis_refuses_measurements_once_done() -> None:
-    analysis = Analysis(VerifySpec(checks=(MAX_ONLY,), count=1))
+    analysis = Analysis(VerifySpec(checks=[MAX_ONLY], count=1))
     analysis.measure({"error_rate": ok(0.0)})
     with pytest.raises(RuntimeError, match="already Successful"):
         analysis.measure({"error_rate": ok(0.0)})
@@ -374,7 +390,7 @@ def test_summary_of_failed_analysis() -> None:
 
 
 def test_summary_values_are_json_friendly() -> None:
-    analysis = Analysis(VerifySpec(checks=(MAX_ONLY,), count=2, inconclusive_limit=2))
+    analysis = Analysis(VerifySpec(checks=[MAX_ONLY], count=2, inconclusive_limit=2))
     analysis.measure({"error_rate": ok(math.nan)})
     analysis.measure({"error_rate": ok(math.inf)})
     values = analysis.summary()["checks"]["error_rate"]["values"]
@@ -537,108 +553,44 @@ def test_parse_errors(status: int, body: object, error: type[MeasurementError], 
         parse_query_response(status, body)
 
 
-@pytest.mark.parametrize(
-    ("conn", "base_url", "auth", "headers", "verify"),
-    [
-        pytest.param(
-            Connection(conn_id="p", conn_type="http", host="prometheus.monitoring", port=9090),
-            "http://prometheus.monitoring:9090",
-            None,
-            {},
-            True,
-            id="bare-host",
-        ),
-        pytest.param(
-            Connection(conn_id="p", conn_type="http", host="prom.example.org", schema="https"),
-            "https://prom.example.org",
-            None,
-            {},
-            True,
-            id="schema-as-scheme",
-        ),
-        pytest.param(
-            Connection(
-                conn_id="p",
-                conn_type="http",
-                host="https://prom.example.org/prometheus/",
-                login="ci",
-                password="s3cret",
-                extra='{"verify": "false"}',
-            ),
-            "https://prom.example.org/prometheus",
-            ("ci", "s3cret"),
-            {},
-            False,
-            id="url-with-path-and-basic-auth",
-        ),
-        pytest.param(
-            Connection(conn_id="p", conn_type="http", host="127.0.0.1", port=9090, extra='{"token": "abc"}'),
-            "http://127.0.0.1:9090",
-            None,
-            {"Authorization": "Bearer abc"},
-            True,
-            id="bearer-from-extra",
-        ),
-        pytest.param(
-            Connection(conn_id="p", conn_type="http", host="127.0.0.1", password="tok"),
-            "http://127.0.0.1",
-            None,
-            {"Authorization": "Bearer tok"},
-            True,
-            id="bearer-from-password",
-        ),
-    ],
-)
-def test_settings_from_connection(
-    conn: Connection, base_url: str, auth: tuple[str, str] | None, headers: dict[str, str], verify: bool
-) -> None:
-    settings = settings_from_connection(conn)
-    assert settings.base_url == base_url
-    assert settings.query_url == base_url + "/api/v1/query"
-    assert settings.basic_auth == auth
-    assert settings.headers == headers
-    assert settings.verify is verify
-
-
-def test_settings_need_a_host() -> None:
-    with pytest.raises(ValueError, match='connection "p" has no host'):
-        settings_from_connection(Connection(conn_id="p", conn_type="http"))
-
-
 # ------------------------------------------------------------------------------------------
 # Trigger and operator, offline
 # ------------------------------------------------------------------------------------------
 
 
 def test_trigger_serialization_round_trip() -> None:
-    trigger = AnalysisTrigger(spec=spec().to_dict(), prometheus_conn_id="prom", query_timeout=3.0)
+    trigger = AnalysisTrigger(spec=spec(), prometheus_conn_id="prom", query_timeout=3.0)
     classpath, kwargs = trigger.serialize()
     module_name, class_name = classpath.rsplit(".", 1)
     assert classpath == "delivery.verification.trigger.AnalysisTrigger"
+    assert kwargs["spec"] == spec().model_dump(mode="json")  # pydantic's JSON form, no hand mapping
     rebuilt = getattr(importlib.import_module(module_name), class_name)(**kwargs)
+    assert rebuilt.spec == trigger.spec
     assert rebuilt.serialize() == (classpath, kwargs)
 
 
 def test_operator_defers_with_rendered_queries() -> None:
-    op = VerifyReleaseOperator(task_id="verify", verify=CONTRACT, service="catalog", environment="production")
+    op = VerifyReleaseOperator(task_id="verify", verify=spec(), service="catalog", environment="production")
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context={})
     trigger = deferred.value.trigger
     assert isinstance(trigger, AnalysisTrigger)
     assert deferred.value.method_name == "execute_complete"
-    assert 'service="catalog"' in trigger.spec["checks"][0]["query"]
-    # 4 intervals of 10 s and 10 queries of at most 10 s, plus a margin.
-    assert deferred.value.timeout == timedelta(seconds=140) + timedelta(minutes=2)
+    assert 'service="catalog"' in trigger.spec.checks[0].query
+    # 4 intervals of 10 s, and 10 queries of at most 3 attempts of 10 s with 0.5 s + 1 s between
+    # them; plus a margin.
+    assert deferred.value.timeout == timedelta(seconds=40 + 10 * 31.5) + timedelta(minutes=2)
 
 
-def test_operator_rejects_unknown_placeholder_at_parse_time() -> None:
-    bad = {**CONTRACT, "checks": [{"name": "up", "query": 'up{job="{{ job }}"}', "max": 1}]}
-    with pytest.raises(ValueError, match=re.escape('placeholder "{{ job }}" is unknown')):
-        VerifyReleaseOperator(task_id="verify", verify=bad, service="catalog")
+def test_operator_takes_the_catalog_model_with_checks() -> None:
+    with pytest.raises(TypeError, match="the catalog's VerifySpec, got dict"):
+        VerifyReleaseOperator(task_id="verify", verify=CONTRACT, service="catalog")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="verify needs at least one check"):
+        VerifyReleaseOperator(task_id="verify", verify=VerifySpec(), service="catalog")
 
 
 def test_operator_execute_complete_routes_phases() -> None:
-    op = VerifyReleaseOperator(task_id="verify", verify=CONTRACT, service="catalog")
+    op = VerifyReleaseOperator(task_id="verify", verify=spec(), service="catalog")
     promoted = op.execute_complete(context={}, event={"phase": "Successful", "summary": summary_for("SSSSS")})
     assert promoted["decision"] == DECISION_PROMOTE
     held = op.execute_complete(context={}, event={"phase": "Inconclusive", "summary": summary_for("II")})

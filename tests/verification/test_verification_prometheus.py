@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,18 +19,19 @@ import pytest
 import requests
 from airflow.sdk.exceptions import TaskDeferred
 
-from delivery.integrations.prometheus import PrometheusHook
+from delivery.catalog.models import VerifySpec
+from delivery.integrations.prometheus import PrometheusAsyncHook, PrometheusHook
 from delivery.verification.analysis import (
     DECISION_HOLD,
     DECISION_PROMOTE,
     Phase,
     VerificationFailed,
     VerificationInconclusive,
-    VerifySpec,
     run_analysis,
 )
 from delivery.verification.operator import VerifyReleaseOperator
 from delivery.verification.trigger import AnalysisTrigger
+from tests.helpers import free_port, stop_process
 from tests.standins.exporter import MetricsExporter
 
 if TYPE_CHECKING:
@@ -66,12 +66,6 @@ VERIFY: dict[str, Any] = {
         },
     ],
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, port: int) -> None:
@@ -139,12 +133,7 @@ def prometheus(exporter: MetricsExporter, tmp_path_factory: pytest.TempPathFacto
         wait_for_data(url, process, log_path)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -169,7 +158,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeo
 
 def wait_for_data(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 30) -> None:
     """Wait until both queries give a number for every service (rate() needs two scrapes)."""
-    spec = VerifySpec.from_mapping(VERIFY)
+    spec = VerifySpec.model_validate(VERIFY)
     queries = [
         check.query for name in (HEALTHY, ERRORS, SLOW) for check in spec.render({"service": name}).checks
     ]
@@ -204,7 +193,7 @@ def dead_conn(monkeypatch: pytest.MonkeyPatch) -> str:
 def operator(conn_id: str, service: str, *, deferrable: bool, **verify: Any) -> VerifyReleaseOperator:
     return VerifyReleaseOperator(
         task_id=f"verify_{service}",
-        verify={**VERIFY, **verify},
+        verify=VerifySpec.model_validate({**VERIFY, **verify}),
         service=service,
         environment="production",
         prometheus_conn_id=conn_id,
@@ -229,7 +218,7 @@ def defer_and_resume(op: VerifyReleaseOperator) -> dict[str, Any]:
 
 
 def test_healthy_service_is_successful(prom_conn: str) -> None:
-    spec = VerifySpec.from_mapping(VERIFY).render({"service": HEALTHY})
+    spec = VerifySpec.model_validate(VERIFY).render({"service": HEALTHY})
     hook = PrometheusHook(prometheus_conn_id=prom_conn, timeout=2.0)
     started = time.monotonic()
     analysis = run_analysis(spec, hook.query)
@@ -240,6 +229,19 @@ def test_healthy_service_is_successful(prom_conn: str) -> None:
     assert summary["checks"]["error_rate"]["values"] == [0.0, 0.0, 0.0]
     latencies = summary["checks"]["latency_p95"]["values"]
     assert all(0.05 < value <= 0.1 for value in latencies), latencies
+
+
+def test_worker_and_triggerer_hooks_read_the_same_answer(prom_conn: str) -> None:
+    promql = 'up{job="visiobook"}'
+    samples = PrometheusHook(prometheus_conn_id=prom_conn).query(promql)
+
+    async def read() -> list[Any]:
+        async with PrometheusAsyncHook(prometheus_conn_id=prom_conn).querying() as query:
+            return await query(promql)
+
+    assert samples == asyncio.run(read())
+    assert [sample.value for sample in samples] == [1.0]
+    assert samples[0].labels["job"] == "visiobook"
 
 
 def test_healthy_service_deferred_is_promoted(prom_conn: str) -> None:
@@ -311,7 +313,7 @@ def test_unreachable_prometheus_passes_when_asked(dead_conn: str) -> None:
 def test_missing_connection_is_an_error_event(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_PROMETHEUS_VERIFICATION_NOWHERE", raising=False)
     trigger = AnalysisTrigger(
-        spec=VerifySpec.from_mapping(VERIFY).render({"service": HEALTHY}).to_dict(),
+        spec=VerifySpec.model_validate(VERIFY).render({"service": HEALTHY}),
         prometheus_conn_id="prometheus_verification_nowhere",
     )
     event = run_trigger(trigger)

@@ -1,60 +1,114 @@
-"""Small value types shared by the catalog models (durations, quantities, names)."""
+"""Small value types shared by the catalog models (durations, quantities, names).
+
+:func:`parse_duration` is the project's one duration grammar; everything that reads a duration uses it.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
-_DURATION_RE = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+_NUMBER = r"\d+(?:\.\d+)?"
+_DURATION_UNITS = (("w", 604800.0), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001))
+
+
+def _duration_pattern(*, named: bool) -> str:
+    """The grammar as a regex; unnamed for the JSON Schema (ECMA-262 and Python read it alike)."""
+
+    def group(name: str) -> str:
+        return f"(?P<{name}>{_NUMBER})" if named else f"({_NUMBER})"
+
+    terms = "".join(
+        rf"(?:{group(unit)}{unit}{'(?!s)' if unit == 'm' else ''}\s*)?" for unit, _ in _DURATION_UNITS
+    )
+    return rf"^\s*(?=\d)(?:{group('bare')}|{terms})\s*$"
+
+
+_DURATION_RE = re.compile(_duration_pattern(named=True))
+_MAX_SECONDS = timedelta.max.total_seconds() / 2
+DURATION_FORMS = "'500ms', '90s', '30m', '1h30m', '2d', '4w' or a number of seconds"
 
 
 def parse_duration(value: object) -> timedelta:
-    """Parse ``90s``, ``30m``, ``1h30m``, ``2d`` or a number of seconds into a timedelta."""
+    """The project's one duration grammar, into a timedelta (zero allowed, never negative).
+
+    A number of seconds (``90``, ``1.5``, or the same as a string), or terms ``<number><unit>``
+    with the units ``w``, ``d``, ``h``, ``m``, ``s``, ``ms`` in that order, each at most once:
+    ``500ms``, ``90s``, ``30m``, ``1h30m``, ``2d``, ``4w``, ``1.5h``. Units are lowercase (``m`` is
+    minutes, never months). Used by the catalog (:data:`Duration`), the verification analysis, the
+    DORA window and the services' environment settings.
+    """
     if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as '30m', got {value!r}")
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError(f"a duration must be positive, got {value!r}")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        match = _DURATION_RE.match(value)
-        if match and any(match.groups()):
-            days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-            delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-            if delta.total_seconds() > 0:
-                return delta
-    raise ValueError(f"expected a duration such as '90s', '30m', '1h30m' or '2d', got {value!r}")
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"duration {value!r} is not understood: use {DURATION_FORMS}")
+    elif isinstance(value, str):
+        seconds = _duration_seconds(value)
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or seconds > _MAX_SECONDS:
+        raise ValueError(f"duration {value!r} should be a finite, non-negative number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def _duration_seconds(text: str) -> float:
+    match = _DURATION_RE.match(text)
+    terms = {k: v for k, v in match.groupdict().items() if v is not None} if match else {}
+    if not terms:
+        raise ValueError(f"duration {text!r} is not understood: use {DURATION_FORMS}")
+    if "bare" in terms:
+        return float(terms["bare"])
+    return sum(float(terms[unit]) * size for unit, size in _DURATION_UNITS if unit in terms)
+
+
+def _positive_duration(value: object) -> timedelta:
+    delta = parse_duration(value)
+    if delta <= timedelta(0):
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return delta
 
 
 def format_duration(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
+    """The shortest text :func:`parse_duration` reads back as ``delta``: ``1h30m``, ``500ms``, ``1.25s``."""
+    micros = round(delta.total_seconds() * 1_000_000)
     parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        count, micros = divmod(micros, size * 1_000_000)
+        if count:
+            parts.append(f"{count}{unit}")
+    whole, fraction = divmod(micros, 1_000_000)
+    if fraction == 0:
+        parts.append(f"{whole}s" if whole else "")
+    elif fraction % 1000 == 0 and not whole:
+        parts.append(f"{fraction // 1000}ms")
+    else:
+        parts.append(f"{whole}.{fraction:06d}".rstrip("0") + "s")
     return "".join(parts) or "0s"
 
 
 Duration = Annotated[
     timedelta,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_positive_duration),
     PlainSerializer(format_duration, return_type=str),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": _DURATION_RE.pattern, "examples": ["90s", "30m", "1h30m"]},
+                {
+                    "type": "string",
+                    "pattern": _duration_pattern(named=False),
+                    "examples": ["90s", "30m", "1h30m"],
+                },
                 {"type": "number", "exclusiveMinimum": 0},
             ],
-            "description": "A duration: '90s', '30m', '1h30m', '2d', or seconds.",
+            "description": f"A positive duration: {DURATION_FORMS}.",
         }
     ),
 ]
+"""A positive duration in the catalog (see :func:`parse_duration`); serialised as ``1h30m``."""
 
 # Kubernetes resource quantities (https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/)
 _QUANTITY_RE = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")

@@ -10,12 +10,14 @@ service and the field.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from delivery.catalog.fields import DnsLabel, Duration, Quantity
 
@@ -183,30 +185,122 @@ class ImageSpec(StrictModel):
     build_args: dict[str, str] = Field(default_factory=dict)
 
 
+QUERY_PLACEHOLDERS: tuple[str, ...] = ("service", "environment", "namespace")
+"""The names a verification query may use as ``{{ name }}`` (plain text substitution, never Jinja)."""
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# Kubernetes-style names (DNS labels, plus "." and "_"): nothing that could close a PromQL string.
+_SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+_CHECK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+def render_query(template: str, variables: Mapping[str, str | None]) -> str:
+    """Substitute ``{{ service }}``, ``{{ environment }}`` and ``{{ namespace }}`` in a PromQL query.
+
+    This is not Jinja: only those names are known, an unknown or unset name is an error, and a
+    value must look like a Kubernetes name (letters, digits, ``.``, ``_``, ``-``), so that it
+    cannot break out of a PromQL string literal.
+    """
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in QUERY_PLACEHOLDERS:
+            raise ValueError(
+                f'query placeholder "{{{{ {name} }}}}" is unknown: use one of {list(QUERY_PLACEHOLDERS)}'
+            )
+        value = variables.get(name)
+        if value is None or value == "":
+            raise ValueError(f'query uses "{{{{ {name} }}}}" but no {name} was given')
+        if not _SAFE_VALUE_RE.match(str(value)):
+            raise ValueError(
+                f'{name} "{value}" cannot go into a query: use letters, digits, ".", "_" or "-" only'
+            )
+        return str(value)
+
+    rendered = _PLACEHOLDER_RE.sub(substitute, template)
+    if "{{" in rendered or "}}" in rendered:
+        raise ValueError(f'query "{template}" has a malformed placeholder: write "{{{{ service }}}}"')
+    return rendered
+
+
 class Check(StrictModel):
-    """One PromQL check of a verification, in the style of an Argo Rollouts metric."""
+    """One PromQL check of a verification, in the style of an Argo Rollouts metric.
+
+    Every series the query returns must stay within [min, max] (each bound optional, at least one
+    given). The query may use {{ service }}, {{ environment }} and {{ namespace }}.
+    """
 
     name: str
     query: str
     min: float | None = None
     max: float | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _CHECK_NAME_RE.match(value):
+            raise ValueError(
+                f"check name {value!r} should start with a letter and hold only letters, digits, "
+                "'_', '.' or '-'"
+            )
+        return value
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty query: write the PromQL expression to measure")
+        render_query(value, dict.fromkeys(QUERY_PLACEHOLDERS, "x"))  # unknown or malformed placeholders
+        return value
+
+    @field_validator("min", "max")
+    @classmethod
+    def _bound(cls, value: float | None) -> float | None:
+        if value is not None and math.isnan(value):
+            raise ValueError("a bound should be a number, not NaN")
+        return value
+
     @model_validator(mode="after")
     def _has_threshold(self) -> Check:
         if self.min is None and self.max is None:
-            raise ValueError(f"check {self.name!r} needs 'min', 'max' or both")
+            raise ValueError(
+                f"check {self.name!r} needs 'min', 'max' or both: a check without bounds never fails"
+            )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"check {self.name!r}: min {self.min:g} is greater than max {self.max:g}")
         return self
+
+    def render(self, variables: Mapping[str, str | None]) -> Check:
+        """A copy whose query has its placeholders substituted (see :func:`render_query`)."""
+        return self.model_copy(update={"query": render_query(self.query, variables)})
 
 
 class VerifySpec(StrictModel):
-    """Production verification: an analysis window over PromQL checks."""
+    """Production verification: count measurements of every check, interval apart.
+
+    The analysis fails once more measurements failed than failure_limit, is inconclusive once more
+    were inconclusive than inconclusive_limit (then on_inconclusive decides), and succeeds
+    otherwise. An environment without checks is verified by its health check alone.
+    """
 
     interval: Duration = timedelta(seconds=30)
-    count: int = Field(default=5, ge=1)
-    failure_limit: int = Field(default=1, ge=0)
-    inconclusive_limit: int = Field(default=1, ge=0)
+    count: StrictInt = Field(default=5, ge=1)
+    failure_limit: StrictInt = Field(default=1, ge=0)
+    inconclusive_limit: StrictInt = Field(default=1, ge=0)
     on_inconclusive: Literal["hold", "fail", "pass"] = "hold"
     checks: list[Check] = Field(default_factory=list)
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_names(cls, checks: list[Check]) -> list[Check]:
+        names = [check.name for check in checks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"check names should be unique; repeated: {repeated}")
+        return checks
+
+    def render(self, variables: Mapping[str, str | None]) -> VerifySpec:
+        """A copy whose queries have their placeholders substituted (values are checked here)."""
+        return self.model_copy(update={"checks": [check.render(variables) for check in self.checks]})
 
 
 class EnvironmentSpec(StrictModel):

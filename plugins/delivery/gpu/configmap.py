@@ -9,7 +9,7 @@ the standard library and torch, so their source files travel in one ConfigMap,
 ```
 /opt/delivery/delivery/__init__.py          (an empty package marker)
 /opt/delivery/delivery/gpu/__init__.py
-/opt/delivery/delivery/gpu/harness.py
+/opt/delivery/delivery/gpu/harness/*.py     (the harness package: __init__, __main__, cli, probe, ...)
 /opt/delivery/delivery/gpu/demo_model.py
 /opt/delivery/delivery/gpu/result.schema.json
 ```
@@ -63,15 +63,22 @@ _PACKAGE_MARKER = (
     '"""The part of the delivery package shipped into GPU stage pods (harness and demo model)."""\n'
 )
 
-HARNESS_FILES: dict[str, str] = {
-    # ConfigMap key -> path under the mount (the key of a ConfigMap cannot hold a "/")
-    "delivery.__init__.py": "delivery/__init__.py",
-    "delivery.gpu.__init__.py": "delivery/gpu/__init__.py",
-    "delivery.gpu.harness.py": "delivery/gpu/harness.py",
-    "delivery.gpu.demo_model.py": "delivery/gpu/demo_model.py",
-    "delivery.gpu.result.schema.json": "delivery/gpu/result.schema.json",
-}
-"""The files of the ConfigMap: ``python -m delivery.gpu.harness`` imports nothing else of the project."""
+
+def _shipped_paths() -> list[str]:
+    """Paths under the mount: the package markers, every module of the harness package, the rest."""
+    harness = sorted(f"delivery/gpu/harness/{module.name}" for module in (_GPU_DIR / "harness").glob("*.py"))
+    return [
+        "delivery/__init__.py",
+        "delivery/gpu/__init__.py",
+        *harness,
+        "delivery/gpu/demo_model.py",
+        "delivery/gpu/result.schema.json",
+    ]
+
+
+HARNESS_FILES: dict[str, str] = {path.replace("/", "."): path for path in _shipped_paths()}
+"""ConfigMap key -> path under the mount (a ConfigMap key cannot hold a ``/``). These are all the files
+``python -m delivery.gpu.harness`` imports: nothing else of the project."""
 
 
 def harness_files() -> dict[str, str]:
@@ -81,7 +88,7 @@ def harness_files() -> dict[str, str]:
         if path == "delivery/__init__.py":
             files[key] = _PACKAGE_MARKER
         else:
-            files[key] = (_GPU_DIR / Path(path).name).read_text(encoding="utf-8")
+            files[key] = (_GPU_DIR / Path(path).relative_to("delivery/gpu")).read_text(encoding="utf-8")
     return files
 
 

@@ -187,105 +187,139 @@ def _check_budgets(budgets: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown GPU budget(s) {unknown}; known: {list(BUDGET_KEYS)}")
 
 
+@dataclass
+class _Findings:
+    """What the budget checks of one result found, as :func:`evaluate` gathers it."""
+
+    report_unmeasured: bool
+    violations: list[BudgetViolation] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _harness_errors(result: Mapping[str, Any]) -> list[str]:
+    """The errors of a harness run that did not pass (its own list, else its status and reason)."""
+    if result.get("status") == "passed":
+        return []
+    errors = result.get("errors") or []
+    return [f"harness {e.get('stage', '?')}: {e.get('message', '')}" for e in errors] or [
+        f"harness status {result.get('status')!r}: {result.get('reason') or 'no reason given'}"
+    ]
+
+
+def _per_batch_budget(
+    found: _Findings,
+    benchmarks: list[Mapping[str, Any]],
+    *,
+    budget: tuple[str, Any],
+    subject: str,
+    unit: str,
+    comparison: Literal["max", "min"],
+    metric: Any,
+) -> None:
+    """A budget of every batch size (a number, or a map by batch size) against the benchmarks."""
+    key, raw = budget
+    if raw is None:
+        return
+    default, per = _per_batch(raw, key)
+    by_size = {int(b["batch_size"]): b for b in benchmarks if "batch_size" in b}
+    if not by_size:
+        if found.report_unmeasured and (default is not None or per):
+            allowed = default if default is not None else next(iter(per.values()))
+            found.violations.append(
+                BudgetViolation(key, f"{subject} (no benchmark)", None, allowed, unit, comparison)
+            )
+        return
+    for size in sorted(set(per) - set(by_size)):
+        if found.report_unmeasured:
+            found.violations.append(
+                BudgetViolation(key, f"{subject} at batch {size}", None, per[size], unit, comparison)
+            )
+    for size, bench in sorted(by_size.items()):
+        limit = per.get(size, default)
+        if limit is None:
+            continue
+        value = _number(metric(bench))
+        subject_at = f"{subject} at batch {size}"
+        found.checked.append(subject_at)
+        if value is None:
+            found.violations.append(BudgetViolation(key, subject_at, None, limit, unit, comparison))
+        elif (comparison == "max" and value > limit) or (comparison == "min" and value < limit):
+            found.violations.append(BudgetViolation(key, subject_at, value, limit, unit, comparison))
+
+
+def _memory_budget(found: _Findings, result: Mapping[str, Any], max_memory: Any) -> None:
+    if max_memory is None:
+        return
+    memory = result.get("memory") or {}
+    what = "peak memory (reserved)" if memory.get("source") == "torch.cuda" else "peak memory (RSS)"
+    value = _number(memory.get("peak_mb"))
+    found.checked.append(what)
+    if (value is None and found.report_unmeasured) or (value is not None and value > float(max_memory)):
+        found.violations.append(BudgetViolation("max_memory_mb", what, value, float(max_memory), "MB", "max"))
+
+
+def _temperature_budget(found: _Findings, result: Mapping[str, Any], max_temperature: Any) -> None:
+    if max_temperature is None:
+        return
+    health = result.get("health") or {}
+    value = _number((health.get("temperature_c") or {}).get("max"))
+    if result.get("device") == "cpu" and value is None:
+        found.notes.append("max_temperature_c not applicable: the run was on the CPU")
+        return
+    found.checked.append("max GPU temperature")
+    if (value is None and found.report_unmeasured) or (value is not None and value > float(max_temperature)):
+        found.violations.append(
+            BudgetViolation(
+                "max_temperature_c", "max GPU temperature", value, float(max_temperature), "C", "max"
+            )
+        )
+        if value is None and health.get("reason"):
+            found.notes.append(f"temperature not sampled: {health['reason']}")
+
+
 def evaluate(result: Mapping[str, Any], budgets: Mapping[str, Any]) -> GateReport:
     """Check one harness result against ``budgets``; never raises for a missed budget.
 
     Raises ``ValueError`` only for malformed budgets (unknown key, bad map key).
     """
     _check_budgets(budgets)
-    status = result.get("status")
     device = result.get("device")
-    if status == "skipped":
+    if result.get("status") == "skipped":
         return GateReport(status="skipped", reason=str(result.get("reason") or "skipped"), device=device)
-    harness_errors: list[str] = []
-    if status != "passed":
-        errors = result.get("errors") or []
-        harness_errors = [f"harness {e.get('stage', '?')}: {e.get('message', '')}" for e in errors] or [
-            f"harness status {status!r}: {result.get('reason') or 'no reason given'}"
-        ]
-
-    violations: list[BudgetViolation] = []
-    checked: list[str] = []
-    notes: list[str] = []
-    benchmarks = [b for b in result.get("benchmarks") or [] if isinstance(b, Mapping)]
-
+    harness_errors = _harness_errors(result)
     # When the harness itself failed, metrics it never reached are not listed again.
-    report_unmeasured = not harness_errors
-
-    def per_batch_budget(
-        key: str, subject: str, unit: str, comparison: Literal["max", "min"], metric: Any
-    ) -> None:
-        raw = budgets.get(key)
-        if raw is None:
-            return
-        default, per = _per_batch(raw, key)
-        by_size = {int(b["batch_size"]): b for b in benchmarks if "batch_size" in b}
-        if not by_size:
-            if report_unmeasured and (default is not None or per):
-                allowed = default if default is not None else next(iter(per.values()))
-                violations.append(
-                    BudgetViolation(key, f"{subject} (no benchmark)", None, allowed, unit, comparison)
-                )
-            return
-        for size in sorted(set(per) - set(by_size)):
-            if report_unmeasured:
-                violations.append(
-                    BudgetViolation(key, f"{subject} at batch {size}", None, per[size], unit, comparison)
-                )
-        for size, bench in sorted(by_size.items()):
-            limit = per.get(size, default)
-            if limit is None:
-                continue
-            value = _number(metric(bench))
-            subject_at = f"{subject} at batch {size}"
-            checked.append(subject_at)
-            if value is None:
-                violations.append(BudgetViolation(key, subject_at, None, limit, unit, comparison))
-            elif (comparison == "max" and value > limit) or (comparison == "min" and value < limit):
-                violations.append(BudgetViolation(key, subject_at, value, limit, unit, comparison))
-
-    per_batch_budget(
-        "max_p95_latency_ms", "p95 latency", "ms", "max", lambda b: (b.get("latency_ms") or {}).get("p95")
+    found = _Findings(report_unmeasured=not harness_errors)
+    benchmarks = [b for b in result.get("benchmarks") or [] if isinstance(b, Mapping)]
+    _per_batch_budget(
+        found,
+        benchmarks,
+        budget=("max_p95_latency_ms", budgets.get("max_p95_latency_ms")),
+        subject="p95 latency",
+        unit="ms",
+        comparison="max",
+        metric=lambda b: (b.get("latency_ms") or {}).get("p95"),
     )
-    per_batch_budget("min_throughput_per_s", "throughput", "/s", "min", lambda b: b.get("throughput_per_s"))
-
-    max_memory = budgets.get("max_memory_mb")
-    if max_memory is not None:
-        memory = result.get("memory") or {}
-        what = "peak memory (reserved)" if memory.get("source") == "torch.cuda" else "peak memory (RSS)"
-        value = _number(memory.get("peak_mb"))
-        checked.append(what)
-        if (value is None and report_unmeasured) or (value is not None and value > float(max_memory)):
-            violations.append(BudgetViolation("max_memory_mb", what, value, float(max_memory), "MB", "max"))
-
-    max_temperature = budgets.get("max_temperature_c")
-    if max_temperature is not None:
-        health = result.get("health") or {}
-        value = _number((health.get("temperature_c") or {}).get("max"))
-        if device == "cpu" and value is None:
-            notes.append("max_temperature_c not applicable: the run was on the CPU")
-        else:
-            checked.append("max GPU temperature")
-            if (value is None and report_unmeasured) or (
-                value is not None and value > float(max_temperature)
-            ):
-                violations.append(
-                    BudgetViolation(
-                        "max_temperature_c", "max GPU temperature", value, float(max_temperature), "C", "max"
-                    )
-                )
-                if value is None and health.get("reason"):
-                    notes.append(f"temperature not sampled: {health['reason']}")
-
-    failed = bool(harness_errors or violations)
+    _per_batch_budget(
+        found,
+        benchmarks,
+        budget=("min_throughput_per_s", budgets.get("min_throughput_per_s")),
+        subject="throughput",
+        unit="/s",
+        comparison="min",
+        metric=lambda b: b.get("throughput_per_s"),
+    )
+    _memory_budget(found, result, budgets.get("max_memory_mb"))
+    _temperature_budget(found, result, budgets.get("max_temperature_c"))
+    violations = found.violations
     return GateReport(
-        status="failed" if failed else "passed",
+        status="failed" if harness_errors or violations else "passed",
         reason=(result.get("reason") if harness_errors else None)
         or (f"{len(violations)} budget(s) missed" if violations else None),
         violations=tuple(violations),
         harness_errors=tuple(harness_errors),
-        checked=tuple(checked),
-        notes=tuple(notes),
+        checked=tuple(found.checked),
+        notes=tuple(found.notes),
         device=device,
     )
 

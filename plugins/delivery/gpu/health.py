@@ -17,6 +17,13 @@ loaded, and answer within its latency budget:
 
 The returned dict (the task's XCom) holds the health body's facts and the
 latency summary (p50/p95/p99/mean/min/max in ms).
+
+Why not the HTTP provider's ``HttpHook``: the URL is the environment's service URL from the
+catalog, not an Airflow connection (``HttpHook`` always resolves a connection and prefixes its
+base URL), and the latency is measured on the client side around each request, so the requests
+go through one plain ``requests`` session with keep-alive, timed by this operator. No request is
+retried: a failed ``/predict`` is a finding of the check, and a retry would hide it from the
+latency figures.
 """
 
 from __future__ import annotations

@@ -1,10 +1,19 @@
-"""HTTP health check of a deployed environment, as a rescheduling sensor (no slot held while waiting)."""
+"""HTTP health check of a deployed environment, as a rescheduling sensor (no slot held while waiting).
+
+Why not the HTTP provider's ``HttpHook``/``HttpSensor``: the URL is the environment's health URL
+from the catalog (for the rollback DAG, templated from the rollback plan's XCom), not an Airflow
+connection, and ``HttpHook`` always resolves a connection and prefixes its base URL to the
+endpoint. A connection per environment would duplicate the catalog. The sensor's own pokes are its
+retries (a failed GET is "not healthy yet"), so it needs no retry policy either.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import requests
+from airflow.sdk import PokeReturnValue
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
 if TYPE_CHECKING:
@@ -15,7 +24,8 @@ class HealthCheckSensor(BaseSensorOperator):
     """Waits until ``url`` answers 200 with a JSON body whose ``status`` is healthy.
 
     ``expect_version`` (templated), when set, must equal the body's ``commit``
-    or ``version``: the health of the *new* release, not the old one.
+    or ``version``: the health of the *new* release, not the old one. The task's XCom says when
+    the service was found healthy (``healthy_at``, ISO 8601, UTC), what the deploy metrics use.
     """
 
     template_fields = ("url", "expect_version")
@@ -32,7 +42,7 @@ class HealthCheckSensor(BaseSensorOperator):
         self.expect_version = expect_version
         self.request_timeout = request_timeout
 
-    def poke(self, context: Context) -> bool:
+    def poke(self, context: Context) -> bool | PokeReturnValue:
         try:
             resp = requests.get(self.url, timeout=self.request_timeout)
         except requests.RequestException as exc:
@@ -58,4 +68,5 @@ class HealthCheckSensor(BaseSensorOperator):
             )
             return False
         self.log.info("%s is healthy: %s", self.url, body)
-        return True
+        healthy_at = datetime.now(UTC).isoformat()
+        return PokeReturnValue(is_done=True, xcom_value={"url": self.url, "healthy_at": healthy_at})

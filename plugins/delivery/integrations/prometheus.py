@@ -1,53 +1,58 @@
-"""Prometheus HTTP API client: instant queries, sync (``requests``) and async (``httpx``).
+"""Prometheus instant queries, on the HTTP provider's hooks: :class:`PrometheusHook` (``HttpHook``,
+workers) and :class:`PrometheusAsyncHook` (``HttpAsyncHook``, the triggerer).
 
-The base URL comes from an Airflow connection (default ``prometheus_default``, conn type
-``http``):
+The connection (default ``prometheus_default``, conn type ``http``) is read as every HTTP
+integration reads it (:mod:`delivery.integrations.http`):
 
-* ``host`` may be a bare host (``prometheus.monitoring``) or a full URL with a path prefix
-  (``https://prom.example.org/prometheus``); ``schema`` is the URL scheme when ``host`` has
-  none (default ``http``), as in the HTTP provider; ``port`` is optional;
-* basic auth when ``login`` is set (``login``/``password``);
-* bearer token from ``extra.token`` (or ``extra.bearer_token``), or from ``password`` when no
-  ``login`` is set;
-* ``extra.verify`` (bool or CA bundle path) for TLS, ``extra.headers`` for more headers,
-  ``extra.timeout`` (seconds) for the per-query timeout.
+* ``host``: a host name (``prometheus.monitoring``) or a full URL with a path prefix
+  (``https://prom.example.org/prometheus``); ``schema`` is the scheme when ``host`` has none
+  (default ``http``); ``port`` is optional;
+* ``login``/``password``: HTTP Basic; ``password`` alone: a bearer token;
+* extras: ``timeout`` (seconds per query, default 10), ``verify`` (a JSON boolean or a CA bundle
+  path); any other key is sent as a request header. The extras of the earlier format (``token``,
+  ``bearer_token``, ``headers``) are refused with a message saying where they go now.
 
-Only ``GET /api/v1/query`` is used. Failures raise :class:`PrometheusUnreachable` (connection
-error, timeout, HTTP 5xx) or :class:`PrometheusQueryError` (HTTP 4xx, ``status: error``,
-a result type that is not a number), both :class:`delivery.verification.analysis.MeasurementError`, which
-the analysis records as an Inconclusive check.
+Only ``GET /api/v1/query`` is used. A query is tried again on a connection error, a timeout or a
+5xx answer (:func:`~delivery.integrations.http.transient_retry`), then fails with
+:class:`PrometheusUnreachable`; an answer Prometheus gives but that holds no usable value (HTTP 4xx,
+``status: error``, a result type that is not a number) is a :class:`PrometheusQueryError`. Both are
+:class:`~delivery.verification.analysis.MeasurementError`, which the analysis records as an
+Inconclusive check.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
 
-import httpx
+import aiohttp
 import requests
-from airflow.sdk import BaseHook
+import tenacity
 
+from delivery.integrations.http import (
+    TRANSIENT_ERRORS,
+    ConnectionHttpAsyncHook,
+    ConnectionHttpHook,
+    retry_budget,
+    transient_retry,
+)
 from delivery.verification.analysis import MeasurementError, Sample
 
-if TYPE_CHECKING:
-    from airflow.sdk import Connection
-
 __all__ = [
-    "AsyncPrometheusClient",
+    "DEFAULT_TIMEOUT",
+    "QUERY_PATH",
+    "PrometheusAsyncHook",
     "PrometheusHook",
     "PrometheusQueryError",
-    "PrometheusSettings",
     "PrometheusUnreachable",
     "parse_query_response",
-    "settings_from_connection",
+    "query_time_budget",
 ]
 
 QUERY_PATH = "/api/v1/query"
 DEFAULT_TIMEOUT = 10.0
+QUERY_ATTEMPTS = 3
 
 
 class PrometheusQueryError(MeasurementError):
@@ -58,58 +63,6 @@ class PrometheusUnreachable(MeasurementError):
     """Prometheus could not be reached or is failing (connection error, timeout, 5xx)."""
 
     unreachable = True
-
-
-@dataclass(frozen=True, kw_only=True)
-class PrometheusSettings:
-    """Everything needed to talk to one Prometheus, derived from a connection."""
-
-    base_url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    basic_auth: tuple[str, str] | None = None
-    verify: bool | str = True
-    timeout: float = DEFAULT_TIMEOUT
-
-    @property
-    def query_url(self) -> str:
-        return self.base_url.rstrip("/") + QUERY_PATH
-
-
-def settings_from_connection(conn: Connection, *, timeout: float | None = None) -> PrometheusSettings:
-    """Read the base URL, auth and TLS options from an Airflow connection (see the module doc)."""
-    extra: Mapping[str, Any] = conn.extra_dejson or {}
-    host = (conn.host or "").strip()
-    if not host:
-        raise ValueError(
-            f'connection "{conn.conn_id}" has no host: set it to the Prometheus URL or host name'
-        )
-    if "://" not in host:
-        host = f"{conn.schema or 'http'}://{host}"
-    parts = urlsplit(host)
-    netloc = parts.netloc
-    if conn.port and parts.port is None:
-        netloc = f"{netloc}:{conn.port}"
-    base_url = f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
-
-    headers = {str(k): str(v) for k, v in (extra.get("headers") or {}).items()}
-    basic_auth: tuple[str, str] | None = None
-    token = extra.get("token") or extra.get("bearer_token")
-    if conn.login:
-        basic_auth = (conn.login, conn.password or "")
-    elif conn.password and not token:
-        token = conn.password
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    verify = extra.get("verify", True)
-    if isinstance(verify, str) and verify.lower() in {"true", "false"}:
-        verify = verify.lower() == "true"
-    return PrometheusSettings(
-        base_url=base_url,
-        headers=headers,
-        basic_auth=basic_auth,
-        verify=verify,
-        timeout=float(timeout if timeout is not None else extra.get("timeout", DEFAULT_TIMEOUT)),
-    )
 
 
 def _to_float(raw: Any) -> float:
@@ -149,18 +102,21 @@ def parse_query_response(status_code: int, body: Any) -> list[Sample]:
     )
 
 
-def _json_or_none(response: requests.Response | httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
+def query_time_budget(timeout: float | None) -> float:
+    """The longest one query can take, retries included, with a per-attempt ``timeout`` (default 10 s)."""
+    return retry_budget(attempts=QUERY_ATTEMPTS, timeout_s=timeout or DEFAULT_TIMEOUT)
 
 
-class PrometheusHook(BaseHook):
-    """Run PromQL instant queries against the Prometheus of an Airflow connection.
+class _Answer(NamedTuple):
+    status: int
+    body: Any
 
-    :param prometheus_conn_id: connection id (conn type ``http``), see the module doc.
-    :param timeout: per-query timeout in seconds; default ``extra.timeout`` or 10 s.
+
+class PrometheusHook(ConnectionHttpHook):
+    """PromQL instant queries against the Prometheus of an Airflow connection (module doc).
+
+    :param prometheus_conn_id: the connection (conn type ``http``).
+    :param timeout: seconds per query; default the connection's ``timeout`` extra, else 10.
     """
 
     conn_name_attr = "prometheus_conn_id"
@@ -169,65 +125,80 @@ class PrometheusHook(BaseHook):
     hook_name = "Prometheus"
 
     def __init__(self, *, prometheus_conn_id: str = default_conn_name, timeout: float | None = None) -> None:
-        super().__init__()
+        super().__init__(method="GET", http_conn_id=prometheus_conn_id)
         self.prometheus_conn_id = prometheus_conn_id
         self.timeout = timeout
 
-    @cached_property
-    def settings(self) -> PrometheusSettings:
-        return settings_from_connection(self.get_connection(self.prometheus_conn_id), timeout=self.timeout)
-
-    async def asettings(self) -> PrometheusSettings:
-        """:attr:`settings`, with the connection read without blocking the event loop."""
-        if "settings" not in self.__dict__:
-            conn = await self.aget_connection(self.prometheus_conn_id)
-            self.__dict__["settings"] = settings_from_connection(conn, timeout=self.timeout)
-        return self.settings
-
-    @cached_property
-    def session(self) -> requests.Session:
-        session = requests.Session()
-        session.headers.update(self.settings.headers)
-        if self.settings.basic_auth:
-            session.auth = self.settings.basic_auth
-        session.verify = self.settings.verify
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        session = super().get_conn(headers, extra_options)
+        self.merged_extra.setdefault("timeout", DEFAULT_TIMEOUT)  # never wait forever for an answer
         return session
-
-    def get_conn(self) -> requests.Session:
-        return self.session
 
     def query(self, promql: str) -> list[Sample]:
         """Instant query; raises :class:`PrometheusUnreachable` or :class:`PrometheusQueryError`."""
-        url = self.settings.query_url
-        self.log.debug("Prometheus query %s: %s", url, promql)
+        options: dict[str, Any] = {"check_response": False}
+        if self.timeout is not None:
+            options["timeout"] = self.timeout
         try:
-            response = self.session.get(url, params={"query": promql}, timeout=self.settings.timeout)
-        except requests.RequestException as err:
-            raise PrometheusUnreachable(f"{url}: {type(err).__name__}: {err}") from err
-        return parse_query_response(response.status_code, _json_or_none(response))
+            response = self.run_with_advanced_retry(
+                transient_retry(attempts=QUERY_ATTEMPTS),
+                endpoint=QUERY_PATH,
+                data={"query": promql},
+                extra_options=options,
+            )
+        except TRANSIENT_ERRORS as err:
+            raise PrometheusUnreachable(f"{self.base_url}: {type(err).__name__}: {err}") from err
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return parse_query_response(response.status_code, body)
+
+
+AsyncQuery = Callable[[str], Awaitable[list[Sample]]]
+
+
+class PrometheusAsyncHook(ConnectionHttpAsyncHook):
+    """:class:`PrometheusHook`'s queries without blocking the event loop (for the triggerer).
+
+    ``async with hook.querying() as query:`` shares one HTTP session for a whole analysis.
+    """
+
+    conn_name_attr = "prometheus_conn_id"
+    default_conn_name = "prometheus_default"
+    conn_type = "http"
+    hook_name = "Prometheus (async)"
+
+    def __init__(self, *, prometheus_conn_id: str = default_conn_name, timeout: float | None = None) -> None:
+        super().__init__(method="GET", http_conn_id=prometheus_conn_id)
+        self.prometheus_conn_id = prometheus_conn_id
+        self.timeout = timeout
 
     @asynccontextmanager
-    async def aclient(self) -> AsyncIterator[AsyncPrometheusClient]:
-        """An async client sharing one ``httpx.AsyncClient`` for a whole analysis."""
-        settings = await self.asettings()
-        auth = httpx.BasicAuth(*settings.basic_auth) if settings.basic_auth else None
-        async with httpx.AsyncClient(
-            headers=settings.headers, auth=auth, verify=settings.verify, timeout=settings.timeout
-        ) as client:
-            yield AsyncPrometheusClient(client=client, settings=settings)
+    async def querying(self) -> AsyncIterator[AsyncQuery]:
+        """Yield ``query(promql) -> samples``, which raises as :meth:`PrometheusHook.query` does."""
+        config = await self.config()
+        seconds = self.timeout or float((config.extra_options or {}).get("timeout") or DEFAULT_TIMEOUT)
+        options = {"check_response": False, "timeout": aiohttp.ClientTimeout(total=seconds)}
+        async with self.session() as http:
 
+            async def attempt(promql: str) -> _Answer:
+                response = await http.run(endpoint=QUERY_PATH, data={"query": promql}, extra_options=options)
+                try:
+                    return _Answer(response.status, await response.json(content_type=None))
+                except ValueError:
+                    return _Answer(response.status, None)
+                finally:
+                    response.release()
 
-class AsyncPrometheusClient:
-    """Instant queries over an open ``httpx.AsyncClient`` (from :meth:`PrometheusHook.aclient`)."""
+            async def query(promql: str) -> list[Sample]:
+                retrying = tenacity.AsyncRetrying(**transient_retry(attempts=QUERY_ATTEMPTS))
+                try:
+                    answer: _Answer = await retrying(attempt, promql)
+                except TRANSIENT_ERRORS as err:
+                    raise PrometheusUnreachable(f"{http.base_url}: {type(err).__name__}: {err}") from err
+                return parse_query_response(answer.status, answer.body)
 
-    def __init__(self, *, client: httpx.AsyncClient, settings: PrometheusSettings) -> None:
-        self.client = client
-        self.settings = settings
-
-    async def query(self, promql: str) -> list[Sample]:
-        url = self.settings.query_url
-        try:
-            response = await self.client.get(url, params={"query": promql})
-        except httpx.HTTPError as err:
-            raise PrometheusUnreachable(f"{url}: {type(err).__name__}: {err}") from err
-        return parse_query_response(response.status_code, _json_or_none(response))
+            yield query

@@ -41,6 +41,7 @@ from delivery.pipeline.plan import (
     deploy_section,
 )
 from delivery.profiles import DeliveryProfile, active_profile, health_url
+from delivery.reporting.notifiers import ApprovalPendingNotifier
 from delivery.steps import gpu, outcome, release, rollback, source
 from delivery.verification.operator import VerifyReleaseOperator
 from delivery.verification.review import HoldReviewOperator
@@ -325,7 +326,8 @@ class DagFactory:
                 "reason: it pages the on-call and is recorded in the GitOps commit."
             )
         rules.append(f"Without an answer within {service.approval_timeout} the release is rejected.")
-        return ProductionApproval(
+        answered = ApprovalPendingNotifier(service_name=service.name, pending=False)
+        approval = ProductionApproval(
             task_id=step.name,
             api_conn_id=self.platform.connections.airflow_api,
             break_glass=bool(service.break_glass_approvers),
@@ -337,9 +339,13 @@ class DagFactory:
             assigned_users=_users([*service.approvers, *service.break_glass_approvers]),
             response_timeout=service.approval_timeout,
             notifiers=[
-                PipelineEventNotifier(event=PipelineEvent.APPROVAL_REQUESTED, service_name=service.name)
+                PipelineEventNotifier(event=PipelineEvent.APPROVAL_REQUESTED, service_name=service.name),
+                ApprovalPendingNotifier(service_name=service.name, pending=True),
             ],
+            on_success_callback=answered,
         )
+        approval.on_failure_callback = [*_callbacks(approval.on_failure_callback), answered]
+        return approval
 
     def _verify(self, step: Step, service: Service) -> BaseOperator:
         env = self._env(service, step)
@@ -354,7 +360,7 @@ class DagFactory:
             )
         return VerifyReleaseOperator(
             task_id=step.name,
-            verify=env.verify.model_dump(mode="json"),
+            verify=env.verify,
             service=service.name,
             environment="production",
             namespace=env.namespace,
@@ -451,13 +457,21 @@ def failure_event(step: Step) -> PipelineEvent | None:
     return None
 
 
+def _callbacks(existing: Any) -> list[Any]:
+    """A task's callback attribute (one callable, a list or ``None``) as a list."""
+    if existing is None:
+        return []
+    return list(existing) if isinstance(existing, list | tuple) else [existing]
+
+
 def _add_failure_event(task: BaseOperator, step: Step, service: Service) -> None:
     event = failure_event(step)
     if event is None or task.on_failure_callback is None:
         return
-    existing = task.on_failure_callback
-    callbacks: list[Any] = list(existing) if isinstance(existing, list | tuple) else [existing]
-    task.on_failure_callback = [*callbacks, PipelineEventNotifier(event=event, service_name=service.name)]
+    task.on_failure_callback = [
+        *_callbacks(task.on_failure_callback),
+        PipelineEventNotifier(event=event, service_name=service.name),
+    ]
 
 
 def build_dags(catalog: Catalog) -> dict[str, DAG]:

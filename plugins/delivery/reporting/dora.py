@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from delivery.catalog.fields import parse_duration
 from delivery.gitops import Release, ReleaseAction, VerificationStatus
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ def load_runs(*, catalog: Catalog, services: Sequence[str], since: datetime) -> 
         ).all()
         for row in rows:
             conf = row.conf if isinstance(row.conf, dict) else {}
-            commit_time = _parse_time(conf.get("commit_time"))
+            commit_time = parse_time(conf.get("commit_time"))
             result[dag_to_service[row.dag_id]].append(
                 RunRecord(
                     dag_id=row.dag_id,
@@ -273,7 +273,8 @@ def load_runs(*, catalog: Catalog, services: Sequence[str], since: datetime) -> 
     return result
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """A timezone-aware datetime from a datetime or ISO 8601 text (``Z`` allowed); ``None`` otherwise."""
     if isinstance(value, datetime):
         return _aware(value)
     if isinstance(value, str) and value:
@@ -311,16 +312,16 @@ def load_report(
 
 # -- CLI --------------------------------------------------------------------------------
 
-_WINDOW = re.compile(r"^(\d+)\s*([hdw])$")
-
 
 def parse_window(text: str) -> timedelta:
-    """``30d``, ``12h``, ``4w``."""
-    match = _WINDOW.match(text.strip().lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected a window like 30d, 12h or 4w, got {text!r}")
-    amount, unit = int(match.group(1)), match.group(2)
-    return {"h": timedelta(hours=amount), "d": timedelta(days=amount), "w": timedelta(weeks=amount)}[unit]
+    """The report's window (``30d``, ``12h``, ``4w``, ``1d12h``...), in the project's duration grammar."""
+    try:
+        window = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if window <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"the window must be longer than zero, got {text!r}")
+    return window
 
 
 def human_duration(seconds: float | None) -> str:

@@ -7,16 +7,17 @@ rollback DAG (``mode="manual"``); only the reading of the task states differs.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from delivery.catalog import Service
 from delivery.gitops import GitOpsError
 from delivery.notify import PipelineEvent, notify_event
 from delivery.notify.failure import send_slack
 from delivery.pipeline import task_ids as ids
 from delivery.profiles import active_profile
 from delivery.reporting import metrics
+from delivery.reporting.dora import parse_time
 from delivery.runtime import PipelineError, catalog, service
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ def notify_summary(*, service_name: str, mode: str = "pipeline", **context: Any)
         events = [event] if event else []
         details = _rollback_details(context, sentence)
         delivered = True
+        _record_metrics(svc.name, context, lambda: rollback_outcome(outcome, details))
     else:
         outcome, sentence = describe_outcome(states)
         src = context["ti"].xcom_pull(task_ids=ids.CHECKOUT) or {}
@@ -143,7 +145,7 @@ def notify_summary(*, service_name: str, mode: str = "pipeline", **context: Any)
         delivered = send_slack(slack_conn_id=catalog().platform.connections.slack, text=text, context=context)
         events = _pipeline_events(outcome, context)
         details = {"outcome": outcome}
-        _record_metrics(svc, states, outcome, context)
+        _record_metrics(svc.name, context, lambda: pipeline_outcome(states, outcome, context))
     for event in events:
         report = notify_event(event, service_name=svc.name, context=context, details=details)
         delivered = delivered and report.ok
@@ -155,35 +157,85 @@ def notify_summary(*, service_name: str, mode: str = "pipeline", **context: Any)
     }
 
 
-def _record_metrics(svc: Service, states: dict[str, str], outcome: str, context: dict[str, Any]) -> None:
-    """Delivery metrics (count, result, duration, lead time); never raises."""
-    dag_run = context.get("dag_run")
-    started = getattr(dag_run, "start_date", None)
-    now = datetime.now(tz=started.tzinfo) if started else None
-    duration = (now - started).total_seconds() if started and now else None
-    metrics.record_pipeline_run(
-        service=svc.name,
-        result="success" if outcome in ("deployed", "ci_passed") else "failed",
-        duration_s=duration,
-    )
-    for env in ("staging", "production"):
-        health = states.get(f"deploy_{env}.health_check")
-        if health in ("success", "failed") or states.get(f"deploy_{env}.sync") == "failed":
-            metrics.record_deploy(
-                service=svc.name, environment=env, result="success" if health == "success" else "failed"
-            )
+def _record_metrics(
+    service_name: str, context: dict[str, Any], outcome: Callable[[], metrics.RunOutcome]
+) -> None:
+    """The run's delivery metrics; a problem is logged, never raised (like a notification)."""
+    try:
+        metrics.record_run(metrics.Run.of(service_name, context), outcome())
+    except Exception:
+        log.exception("The delivery metrics of this run could not be recorded")
+
+
+def _xcom(context: dict[str, Any], task_id: str) -> dict[str, Any]:
+    value = context["ti"].xcom_pull(task_ids=task_id)
+    return value if isinstance(value, dict) else {}
+
+
+def _deploys(states: dict[str, str], context: dict[str, Any]) -> tuple[metrics.Deploy, ...]:
+    """Each environment's deploy of the run: success once healthy, failed at its sync or health check.
+
+    A healthy deploy's duration runs from its GitOps commit to the health check's success (both in
+    their XComs); a failed one is counted without a duration (its moment of failure is not recorded).
+    """
+    deploys = []
+    for env in metrics.ENVIRONMENTS:
+        group = f"deploy_{env}"
+        health = states.get(ids.task_id(group, "health_check"))
+        if health not in ("success", "failed") and states.get(ids.task_id(group, "sync")) != "failed":
+            continue
+        duration = None
+        if health == "success":
+            started = parse_time(_xcom(context, ids.task_id(group, "gitops_commit")).get("committed_at"))
+            ended = parse_time(_xcom(context, ids.task_id(group, "health_check")).get("healthy_at"))
+            duration = (ended - started).total_seconds() if started and ended else None
+        result = "success" if health == "success" else "failed"
+        deploys.append(metrics.Deploy(environment=env, result=result, duration_s=duration))
+    return tuple(deploys)
+
+
+def _approval_result(states: dict[str, str], context: dict[str, Any]) -> str | None:
+    if states.get(ids.APPROVE_PRODUCTION) != "success":
+        return None
+    if states.get(ids.PRODUCTION_COMMIT) not in (None, "skipped"):
+        return "approved"
+    return "timeout" if _approval_timed_out(context) else "rejected"
+
+
+def _lead_time(context: dict[str, Any], started: datetime | None) -> float | None:
+    """Commit time (the run's ``commit_time`` conf key, as the DORA report reads it, else the run's
+    start) to the production health check's success (else now)."""
+    conf = getattr(context.get("dag_run"), "conf", None)
+    committed = parse_time(conf.get("commit_time") if isinstance(conf, dict) else None) or started
+    healthy_at = _xcom(context, ids.task_id(ids.DEPLOY_PRODUCTION, "health_check")).get("healthy_at")
+    deployed = parse_time(healthy_at) or datetime.now(UTC)
+    return (deployed - committed).total_seconds() if committed else None
+
+
+def pipeline_outcome(states: dict[str, str], outcome: str, context: dict[str, Any]) -> metrics.RunOutcome:
+    """What the delivery metrics count of a pipeline run that ended as ``outcome``."""
+    started = parse_time(getattr(context.get("dag_run"), "start_date", None))
+    rollback = None
     if states.get(ids.ROLLBACK_PLAN) == "success":
-        result = "success" if states.get(ids.ROLLBACK_HEALTH) == "success" else "failed"
-        metrics.record_rollback(service=svc.name, environment="production", result=result)
-    if states.get(ids.APPROVE_PRODUCTION) == "success":
-        if states.get(ids.PRODUCTION_COMMIT) not in (None, "skipped"):
-            metrics.record_approval(service=svc.name, result="approved")
-        else:
-            metrics.record_approval(
-                service=svc.name, result="timeout" if _approval_timed_out(context) else "rejected"
-            )
-    if outcome == "deployed" and started and now:
-        metrics.record_lead_time(service=svc.name, commit_time=started, deployed_at=now)
+        rollback = "success" if states.get(ids.ROLLBACK_HEALTH) == "success" else "failed"
+    return metrics.RunOutcome(
+        pipeline="success" if outcome in ("deployed", "ci_passed") else "failed",
+        duration_s=(datetime.now(UTC) - started).total_seconds() if started else None,
+        deploys=_deploys(states, context),
+        rollback=rollback,
+        approval=_approval_result(states, context),
+        lead_time_s=_lead_time(context, started) if outcome == "deployed" else None,
+    )
+
+
+def rollback_outcome(outcome: str, details: dict[str, Any]) -> metrics.RunOutcome:
+    """What the delivery metrics count of a rollback DAG run (a rollback not needed is not one)."""
+    if outcome == "not_needed":
+        return metrics.RunOutcome()
+    environment = details.get("environment") or "production"
+    return metrics.RunOutcome(
+        rollback="success" if outcome == "rolled_back" else "failed", rollback_environment=environment
+    )
 
 
 def _finish_run(service_name: str, run_id: str, *, succeeded: bool) -> None:

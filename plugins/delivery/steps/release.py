@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -118,7 +119,8 @@ def gitops_commit(
         "committed" if result.changed else "already deployed",
         result.revision,
     )
-    return result.as_dict()
+    # When the deploy started, for the deploy duration metric (steps/outcome.py).
+    return {**result.as_dict(), "committed_at": datetime.now(UTC).isoformat()}
 
 
 def record_verification(*, service_name: str, **context: Any) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from delivery.gitops import (
 )
 from delivery.integrations.airflow_api import AirflowApiError, AirflowApiHook
 from delivery.pipeline import task_ids as ids
+from delivery.reporting import metrics
 from delivery.runtime import PipelineError, catalog, gitops_repo, service
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,8 @@ def plan_rollback(
 ) -> dict[str, Any]:
     """Identify the release to restore and what is undone; say whether a human must confirm first."""
     svc = service(service_name)
+    if mode == "manual":  # the rollback DAG starts here; a pipeline run's metrics opened at checkout
+        metrics.open_run(metrics.Run.of(svc.name, context), approval_timeout=svc.approval_timeout)
     try:
         if mode == "pipeline":
             environment, releases, index, reason = _pipeline_target(service_name, context)

@@ -16,6 +16,7 @@ from delivery.gitops import GitCommandError, GitOpsError, RemoteRef, ls_remote
 from delivery.gitops.remote import mirror, resolve_commit
 from delivery.image_tags import image_tags
 from delivery.paths import git_url
+from delivery.reporting import metrics
 from delivery.runtime import PipelineError, service
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def resolve_source(*, service_name: str, params: dict[str, Any], **context: Any)
     head of the branch at the end of their data interval.
     """
     svc = service(service_name)
+    metrics.open_run(metrics.Run.of(svc.name, context), approval_timeout=svc.approval_timeout)
     url = git_url(svc.repo.url)
     ref = (params.get("ref") or "").strip() or svc.repo.release_branch
     sha = (params.get("sha") or "").strip().lower()

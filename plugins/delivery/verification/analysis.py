@@ -28,7 +28,8 @@ What a task does with the phase is decided by :func:`resolve`: ``Failed`` raises
 result with ``decision == "hold"`` so that the DAG can route it to a human approval, ``fail``
 raises :class:`VerificationInconclusive`, ``pass`` proceeds with a warning).
 
-The input contract, as the service catalog holds it::
+The input is the catalog's :class:`~delivery.catalog.models.VerifySpec` (an environment's
+``verify`` block, validated when the catalog loads)::
 
     verify:
       interval: 10s
@@ -42,8 +43,8 @@ The input contract, as the service catalog holds it::
           max: 0.05
 
 Queries may use the placeholders ``{{ service }}``, ``{{ environment }}`` and
-``{{ namespace }}``. Substitution is plain text replacement, not Jinja, and values are restricted
-to Kubernetes-style names so that they cannot break out of a PromQL string literal.
+``{{ namespace }}`` (:func:`delivery.catalog.models.render_query`: plain text replacement, not
+Jinja, values restricted to Kubernetes-style names).
 """
 
 from __future__ import annotations
@@ -51,15 +52,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
+from typing import Any, NamedTuple, get_args
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from delivery.catalog.models import Check, VerifySpec
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +70,7 @@ __all__ = [
     "DECISION_PROMOTE",
     "ON_INCONCLUSIVE_CHOICES",
     "Analysis",
-    "CheckConfig",
     "CheckResult",
-    "CheckSpec",
     "Measurement",
     "MeasurementError",
     "Phase",
@@ -78,13 +78,11 @@ __all__ = [
     "VerificationError",
     "VerificationFailed",
     "VerificationInconclusive",
-    "VerifyConfig",
-    "VerifySpec",
     "arun_analysis",
+    "bounds_text",
     "evaluate_check",
     "format_value",
-    "parse_duration",
-    "render_query",
+    "max_duration",
     "resolve",
     "run_analysis",
 ]
@@ -94,17 +92,8 @@ DECISION_PROMOTE = "promote"
 DECISION_HOLD = "hold"
 """``decision`` of a result that must wait for a human (``on_inconclusive: hold``)."""
 
-OnInconclusive = Literal["hold", "fail", "pass"]
-ON_INCONCLUSIVE_CHOICES: tuple[str, ...] = ("hold", "fail", "pass")
-
-PLACEHOLDERS: tuple[str, ...] = ("service", "environment", "namespace")
-_PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-# Kubernetes-style names (DNS labels, plus "." and "_"): nothing that could close a PromQL string.
-_SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_CHECK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-
+ON_INCONCLUSIVE_CHOICES: tuple[str, ...] = get_args(VerifySpec.model_fields["on_inconclusive"].annotation)
+"""The catalog's ``on_inconclusive`` values."""
 
 # --------------------------------------------------------------------------------------------
 # Errors
@@ -142,227 +131,23 @@ class VerificationInconclusive(VerificationError, AirflowFailException):
 
 
 # --------------------------------------------------------------------------------------------
-# Input contract
+# The spec
 # --------------------------------------------------------------------------------------------
 
 
-class CheckConfig(TypedDict):
-    """One check as the catalog holds it."""
-
-    name: str
-    query: str
-    min: NotRequired[float | None]
-    max: NotRequired[float | None]
-
-
-class VerifyConfig(TypedDict):
-    """The ``verify`` block as the catalog holds it (every key but ``checks`` has a default)."""
-
-    checks: list[CheckConfig]
-    interval: NotRequired[str | float]
-    count: NotRequired[int]
-    failure_limit: NotRequired[int]
-    inconclusive_limit: NotRequired[int]
-    on_inconclusive: NotRequired[OnInconclusive]
+def bounds_text(check: Check) -> str:
+    """``min 0.2, max 0.8`` for a check's bounds."""
+    parts = []
+    if check.min is not None:
+        parts.append(f"min {format_value(check.min)}")
+    if check.max is not None:
+        parts.append(f"max {format_value(check.max)}")
+    return ", ".join(parts)
 
 
-def parse_duration(value: str | float) -> float:
-    """Parse ``"10s"``, ``"1m"``, ``"500ms"``, ``"1h"`` or a number of seconds into seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f'duration "{value}" should be a number of seconds or a string such as "10s"')
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION_RE.match(str(value))
-        if not match:
-            raise ValueError(
-                f'duration "{value}" is not understood: use a number of seconds or "500ms", "10s", "1m", "1h"'
-            )
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f'duration "{value}" should be a finite, non-negative number of seconds')
-    return seconds
-
-
-def _optional_float(value: Any, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f'{what} "{value}" should be a number')
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f'{what} "{value}" should be a number') from None
-    if math.isnan(number):
-        raise ValueError(f'{what} "{value}" should be a number, not NaN')
-    return number
-
-
-@dataclass(frozen=True, kw_only=True)
-class CheckSpec:
-    """One metric check: a PromQL query and the bounds a healthy value stays within."""
-
-    name: str
-    query: str
-    min: float | None = None
-    max: float | None = None
-
-    def __post_init__(self) -> None:
-        if not _CHECK_NAME_RE.match(self.name or ""):
-            raise ValueError(
-                f'check name "{self.name}" should start with a letter and hold only letters, '
-                'digits, "_", "." or "-"'
-            )
-        if not self.query or not self.query.strip():
-            raise ValueError(f'check "{self.name}" has an empty query')
-        if self.min is None and self.max is None:
-            raise ValueError(
-                f'check "{self.name}" needs "min", "max" or both: a check without bounds never fails'
-            )
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f'check "{self.name}": min "{self.min}" is greater than max "{self.max}"')
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> CheckSpec:
-        unknown = set(data) - {"name", "query", "min", "max"}
-        if unknown:
-            raise ValueError(
-                f'check "{data.get("name")}" has unknown keys {sorted(unknown)}: '
-                "expected name, query, min, max"
-            )
-        name = str(data.get("name") or "")
-        return cls(
-            name=name,
-            query=str(data.get("query") or ""),
-            min=_optional_float(data.get("min"), f'check "{name}": min'),
-            max=_optional_float(data.get("max"), f'check "{name}": max'),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "query": self.query, "min": self.min, "max": self.max}
-
-    def bounds_text(self) -> str:
-        parts = []
-        if self.min is not None:
-            parts.append(f"min {format_value(self.min)}")
-        if self.max is not None:
-            parts.append(f"max {format_value(self.max)}")
-        return ", ".join(parts)
-
-
-@dataclass(frozen=True, kw_only=True)
-class VerifySpec:
-    """The whole analysis: how many measurements, how far apart, the limits and the checks."""
-
-    checks: tuple[CheckSpec, ...]
-    interval: float = 10.0
-    count: int = 5
-    failure_limit: int = 1
-    inconclusive_limit: int = 1
-    on_inconclusive: OnInconclusive = "hold"
-
-    def __post_init__(self) -> None:
-        if not self.checks:
-            raise ValueError("verify needs at least one check")
-        names = [check.name for check in self.checks]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"check names should be unique; repeated: {duplicates}")
-        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
-            raise ValueError(f'count "{self.count}" should be an integer >= 1')
-        for what, limit in (
-            ("failure_limit", self.failure_limit),
-            ("inconclusive_limit", self.inconclusive_limit),
-        ):
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-                raise ValueError(f'{what} "{limit}" should be an integer >= 0')
-        if not math.isfinite(self.interval) or self.interval < 0:
-            raise ValueError(f'interval "{self.interval}" should be a non-negative number of seconds')
-        if self.on_inconclusive not in ON_INCONCLUSIVE_CHOICES:
-            raise ValueError(
-                f'on_inconclusive "{self.on_inconclusive}" should be one of {list(ON_INCONCLUSIVE_CHOICES)}'
-            )
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | VerifyConfig) -> VerifySpec:
-        """Build from the catalog's ``verify`` mapping (durations such as ``"10s"`` accepted)."""
-        allowed = {"interval", "count", "failure_limit", "inconclusive_limit", "on_inconclusive", "checks"}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ValueError(f"verify has unknown keys {sorted(unknown)}: expected {sorted(allowed)}")
-        raw_checks = data.get("checks") or []
-        if not isinstance(raw_checks, Sequence) or isinstance(raw_checks, str):
-            raise ValueError("verify.checks should be a list of checks")
-        return cls(
-            checks=tuple(CheckSpec.from_mapping(check) for check in raw_checks),
-            interval=parse_duration(data.get("interval", 10.0)),
-            count=data.get("count", 5),
-            failure_limit=data.get("failure_limit", 1),
-            inconclusive_limit=data.get("inconclusive_limit", 1),
-            on_inconclusive=data.get("on_inconclusive", "hold"),
-        )
-
-    @classmethod
-    def coerce(cls, value: VerifySpec | Mapping[str, Any]) -> VerifySpec:
-        return value if isinstance(value, VerifySpec) else cls.from_mapping(value)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (interval in seconds); :meth:`from_mapping` reads it back."""
-        return {
-            "interval": self.interval,
-            "count": self.count,
-            "failure_limit": self.failure_limit,
-            "inconclusive_limit": self.inconclusive_limit,
-            "on_inconclusive": self.on_inconclusive,
-            "checks": [check.to_dict() for check in self.checks],
-        }
-
-    def render(self, variables: Mapping[str, str | None]) -> VerifySpec:
-        """Return a copy whose queries have their placeholders substituted."""
-        checks = tuple(
-            CheckSpec(name=c.name, query=render_query(c.query, variables), min=c.min, max=c.max)
-            for c in self.checks
-        )
-        return VerifySpec(
-            checks=checks,
-            interval=self.interval,
-            count=self.count,
-            failure_limit=self.failure_limit,
-            inconclusive_limit=self.inconclusive_limit,
-            on_inconclusive=self.on_inconclusive,
-        )
-
-    def max_duration(self, query_timeout: float) -> float:
-        """Upper bound of an analysis' duration, for a deferral timeout."""
-        return self.interval * (self.count - 1) + self.count * len(self.checks) * query_timeout
-
-
-def render_query(template: str, variables: Mapping[str, str | None]) -> str:
-    """Substitute ``{{ service }}``, ``{{ environment }}`` and ``{{ namespace }}`` in a query.
-
-    This is not Jinja: only those names are known, an unknown or unset name is an error, and a
-    value must look like a Kubernetes name (letters, digits, ``.``, ``_``, ``-``).
-    """
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in PLACEHOLDERS:
-            raise ValueError(
-                f'query placeholder "{{{{ {name} }}}}" is unknown: use one of {list(PLACEHOLDERS)}'
-            )
-        value = variables.get(name)
-        if value is None or value == "":
-            raise ValueError(f'query uses "{{{{ {name} }}}}" but no {name} was given')
-        if not _SAFE_VALUE_RE.match(str(value)):
-            raise ValueError(
-                f'{name} "{value}" cannot go into a query: use letters, digits, ".", "_" or "-" only'
-            )
-        return str(value)
-
-    rendered = _PLACEHOLDER_RE.sub(substitute, template)
-    if "{{" in rendered or "}}" in rendered:
-        raise ValueError(f'query "{template}" has a malformed placeholder: write "{{{{ service }}}}"')
-    return rendered
+def max_duration(spec: VerifySpec, *, query_time: float) -> float:
+    """Upper bound of an analysis' duration in seconds, when one query takes at most ``query_time``."""
+    return spec.interval.total_seconds() * (spec.count - 1) + spec.count * len(spec.checks) * query_time
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,7 +225,7 @@ def _series_text(labels: Mapping[str, str]) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
-def evaluate_check(check: CheckSpec, outcome: Sequence[Sample] | MeasurementError) -> CheckResult:
+def evaluate_check(check: Check, outcome: Sequence[Sample] | MeasurementError) -> CheckResult:
     """Compare a query outcome with the check's bounds (see the module doc for the rules)."""
     if isinstance(outcome, MeasurementError):
         kind = "metrics provider unreachable" if outcome.unreachable else "query error"
@@ -481,7 +266,7 @@ def evaluate_check(check: CheckSpec, outcome: Sequence[Sample] | MeasurementErro
         name=check.name,
         phase=Phase.SUCCESSFUL,
         value=worst,
-        message=f"{format_value(worst)} within {check.bounds_text()}",
+        message=f"{format_value(worst)} within {bounds_text(check)}",
     )
 
 
@@ -583,7 +368,7 @@ class Analysis:
             "reason": self.reason,
             "measurements": len(self.measurements),
             "count": self.spec.count,
-            "interval": self.spec.interval,
+            "interval": self.spec.interval.total_seconds(),
             "successful": self.successful,
             "failed": self.failed,
             "inconclusive": self.inconclusive,
@@ -602,6 +387,16 @@ class Analysis:
 
 QueryFn = Callable[[str], Sequence[Sample]]
 AsyncQueryFn = Callable[[str], Awaitable[Sequence[Sample]]]
+
+
+def _log_measurement(measurement: Measurement, spec: VerifySpec) -> None:
+    log.info(
+        "Measurement %d/%d: %s (%s)",
+        measurement.index,
+        spec.count,
+        measurement.phase,
+        ", ".join(f"{c.name}={format_value(c.value)}" for c in measurement.checks),
+    )
 
 
 def run_analysis(
@@ -625,16 +420,10 @@ def run_analysis(
                 log.warning("Check %s is inconclusive: %s", check.name, err)
                 outcomes[check.name] = err
         measurement = analysis.measure(outcomes)
-        log.info(
-            "Measurement %d/%d: %s (%s)",
-            measurement.index,
-            spec.count,
-            measurement.phase,
-            ", ".join(f"{c.name}={format_value(c.value)}" for c in measurement.checks),
-        )
+        _log_measurement(measurement, spec)
         if analysis.done:
             return analysis
-        sleep(spec.interval)
+        sleep(spec.interval.total_seconds())
 
 
 async def arun_analysis(
@@ -645,7 +434,7 @@ async def arun_analysis(
 ) -> Analysis:
     """Async twin of :func:`run_analysis` (for the triggerer); checks of a round run concurrently."""
 
-    async def one(check: CheckSpec) -> Sequence[Sample] | MeasurementError:
+    async def one(check: Check) -> Sequence[Sample] | MeasurementError:
         try:
             return await query(check.query)
         except MeasurementError as err:
@@ -656,16 +445,10 @@ async def arun_analysis(
     while True:
         results = await asyncio.gather(*(one(check) for check in spec.checks))
         measurement = analysis.measure({c.name: r for c, r in zip(spec.checks, results, strict=True)})
-        log.info(
-            "Measurement %d/%d: %s (%s)",
-            measurement.index,
-            spec.count,
-            measurement.phase,
-            ", ".join(f"{c.name}={format_value(c.value)}" for c in measurement.checks),
-        )
+        _log_measurement(measurement, spec)
         if analysis.done:
             return analysis
-        await sleep(spec.interval)
+        await sleep(spec.interval.total_seconds())
 
 
 # --------------------------------------------------------------------------------------------

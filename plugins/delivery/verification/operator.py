@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from delivery.integrations.prometheus import PrometheusHook
-from delivery.verification.analysis import VerifySpec, render_query, resolve, run_analysis
+from delivery.catalog.models import VerifySpec
+from delivery.integrations.prometheus import PrometheusHook, query_time_budget
+from delivery.verification.analysis import max_duration, resolve, run_analysis
 from delivery.verification.trigger import AnalysisTrigger
 
 if TYPE_CHECKING:
@@ -44,9 +45,8 @@ DEFER_MARGIN = timedelta(minutes=2)
 class VerifyReleaseOperator(BaseOperator):
     """Run a Prometheus analysis of a release (Argo Rollouts ``AnalysisTemplate`` style).
 
-    :param verify: the ``verify`` block: a :class:`VerifySpec` or the catalog mapping
-        (``interval``, ``count``, ``failure_limit``, ``inconclusive_limit``,
-        ``on_inconclusive``, ``checks``).
+    :param verify: the environment's ``verify`` block, the catalog's :class:`VerifySpec` (at least one
+        check; an environment without checks is verified by its health check instead).
     :param service: service name, substituted for ``{{ service }}``. Templated.
     :param environment: environment name, for ``{{ environment }}``. Templated.
     :param namespace: Kubernetes namespace, for ``{{ namespace }}``. Templated.
@@ -61,7 +61,7 @@ class VerifyReleaseOperator(BaseOperator):
     def __init__(
         self,
         *,
-        verify: VerifySpec | Mapping[str, Any],
+        verify: VerifySpec,
         service: str,
         environment: str = "",
         namespace: str = "",
@@ -71,16 +71,17 @@ class VerifyReleaseOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.verify = VerifySpec.coerce(verify)
+        if not isinstance(verify, VerifySpec):
+            raise TypeError(f"verify should be the catalog's VerifySpec, got {type(verify).__name__}")
+        if not verify.checks:
+            raise ValueError("verify needs at least one check (without checks, verify with a health check)")
+        self.verify = verify
         self.service = service
         self.environment = environment
         self.namespace = namespace
         self.prometheus_conn_id = prometheus_conn_id
         self.query_timeout = query_timeout
         self.deferrable = deferrable
-        # Fail at parse time on unknown placeholders (values are checked once rendered).
-        for check in self.verify.checks:
-            render_query(check.query, {"service": "x", "environment": "x", "namespace": "x"})
 
     def rendered_spec(self) -> VerifySpec:
         return self.verify.render(
@@ -90,15 +91,15 @@ class VerifyReleaseOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         spec = self.rendered_spec()
         if self.deferrable:
-            timeout = timedelta(seconds=spec.max_duration(self.query_timeout or 10.0)) + DEFER_MARGIN
+            query_time = query_time_budget(self.query_timeout)
             self.defer(
                 trigger=AnalysisTrigger(
-                    spec=spec.to_dict(),
+                    spec=spec,
                     prometheus_conn_id=self.prometheus_conn_id,
                     query_timeout=self.query_timeout,
                 ),
                 method_name="execute_complete",
-                timeout=timeout,
+                timeout=timedelta(seconds=max_duration(spec, query_time=query_time)) + DEFER_MARGIN,
             )
         hook = PrometheusHook(prometheus_conn_id=self.prometheus_conn_id, timeout=self.query_timeout)
         analysis = run_analysis(spec, hook.query)

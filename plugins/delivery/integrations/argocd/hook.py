@@ -30,7 +30,8 @@ Connection (``conn_type`` ``http``, default id ``argocd_default``):
 
 * ``host``: the API server host name, or a full base URL (``https://argocd.example.com/argocd``);
 * ``schema``: URL scheme when ``host`` is a bare name (``http`` when empty, as for the HTTP provider);
-* ``port``: optional port;
+* ``port``: optional port (the base URL is read by :func:`delivery.integrations.http.base_url`, as for
+  every HTTP integration);
 * ``password``: the API token, sent as ``Authorization: Bearer <token>``;
 * extras: ``verify`` (bool, or a CA bundle path), ``timeout`` (seconds per request).
 
@@ -55,7 +56,7 @@ from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import requests
@@ -63,6 +64,8 @@ from airflow.sdk.bases.hook import BaseHook
 from airflow.sdk.exceptions import AirflowException
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+from delivery.integrations.http import base_url as connection_base_url
 
 if TYPE_CHECKING:
     from airflow.sdk.definitions.connection import Connection
@@ -300,17 +303,7 @@ def connection_settings(
             f"Connection {conn.conn_id!r} has no host; set it to the Argo CD API server "
             "(a host name, or a full URL such as 'https://argocd.example.com')."
         )
-    if "://" in host:
-        parts = urlsplit(host)
-        scheme, netloc, path = parts.scheme, parts.netloc, parts.path
-    else:
-        scheme = (conn.schema or "http").strip().lower() or "http"
-        host_part, _, path = host.partition("/")
-        netloc = host_part
-        path = f"/{path}" if path else ""
-    if conn.port and ":" not in netloc.rsplit("]", 1)[-1]:
-        netloc = f"{netloc}:{conn.port}"
-    base_url = urlunsplit((scheme, netloc, path.rstrip("/"), "", ""))
+    base = connection_base_url(conn)
 
     if extras is None:
         extras = conn.extra_dejson
@@ -326,7 +319,7 @@ def connection_settings(
             ) from None
     return ConnectionSettings(
         conn_id=conn.conn_id,
-        base_url=base_url,
+        base_url=base,
         token=conn.password or None,
         verify=verify,
         timeout=timeout,

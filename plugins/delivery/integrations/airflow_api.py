@@ -33,7 +33,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 log = logging.getLogger(__name__)
 
-STATE_CHANGE_EVENTS = ("patch_task_instance", "patch_task_group_instances", "post_clear_task_instances")
+SET_BY_HAND = ("patch_task_instance", "patch_task_group_instances")
+"""Audit events of a task state set by hand (UI "Mark as ..." or REST)."""
+STATE_CHANGE_EVENTS = (*SET_BY_HAND, "post_clear_task_instances")
 
 
 class AirflowApiError(RuntimeError):

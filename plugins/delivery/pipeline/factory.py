@@ -372,6 +372,7 @@ class DagFactory:
         return HoldReviewOperator(
             task_id=step.name,
             verify_task_id=ids.VERIFY,
+            api_conn_id=self.platform.connections.airflow_api,
             subject=f"{service.name}: production verification was inconclusive",
             body=(
                 f"Prometheus gave no verdict on the new release (see {ids.VERIFY}). "

@@ -11,7 +11,12 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from delivery.catalog import Service
 from delivery.gitops import GitOpsError, ReleaseMetadata
 from delivery.gitops.remote import commit_authors, is_ancestor
-from delivery.integrations.airflow_api import AirflowApiError, AirflowApiHook, describe_state_changes
+from delivery.integrations.airflow_api import (
+    SET_BY_HAND,
+    AirflowApiError,
+    AirflowApiHook,
+    describe_state_changes,
+)
 from delivery.notify import PipelineEvent, notify_event
 from delivery.paths import git_url
 from delivery.pipeline import task_ids as ids
@@ -146,6 +151,15 @@ def record_verification(*, service_name: str, **context: Any) -> dict[str, Any]:
             f"production runs {current.short_revision if current else 'nothing'}, not this run's release "
             f"{release.short_revision} (run {release.run_id}): nothing to record"
         )
+    set_by_hand = verification_set_by_hand(svc, context)
+    if set_by_hand:
+        notify_event(
+            PipelineEvent.PRODUCTION_GATE_REFUSED,
+            service_name=svc.name,
+            context=context,
+            details={"refused": "the release is not recorded as verified", "verification": set_by_hand},
+        )
+        raise AirflowFailException(f"{svc.name}: not recording the release as verified: {set_by_hand}")
     summary = verdict.get("message") if isinstance(verdict, dict) else None
     repo.mark_verified(release=release, ok=True, summary=summary or "verification passed")
     return {"revision": release.revision, "image_tag": release.image_tag, "stable": True}
@@ -181,6 +195,24 @@ def guard_sync(
             f"{current.short_revision if current else 'none'} ({env.values_path}); rerun {commit_task}"
         )
     return revision
+
+
+def verification_set_by_hand(svc: Service, context: dict[str, Any]) -> str | None:
+    """Who set the verification's or its review's state by hand (the audit log), if anyone did.
+
+    A verification marked success by hand proves nothing: such a release is never recorded as
+    verified (it would become a rollback target without having passed).
+    """
+    api = AirflowApiHook(airflow_api_conn_id=catalog().platform.connections.airflow_api)
+    ti, run_id = context["ti"], context["run_id"]
+    for task_id in (ids.VERIFY, ids.REVIEW):
+        try:
+            changes = api.events(dag_id=ti.dag_id, run_id=run_id, task_id=task_id, events=SET_BY_HAND)
+        except AirflowApiError as exc:
+            return f"the audit log of {task_id} could not be read ({exc})"
+        if changes:
+            return f"{task_id}: {describe_state_changes(changes)}"
+    return None
 
 
 def guard_own_release(context: dict[str, Any], *, service_name: str) -> None:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 
+from delivery.integrations.hitl import ResumableGateMixin
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -23,12 +25,13 @@ class VerificationRejected(RuntimeError):
     """An approver chose to roll back a release whose verification was inconclusive."""
 
 
-class HoldReviewOperator(HITLOperator):
-    def __init__(self, *, verify_task_id: str, **kwargs: Any) -> None:
+class HoldReviewOperator(ResumableGateMixin, HITLOperator):
+    def __init__(self, *, verify_task_id: str, api_conn_id: str = "airflow_api", **kwargs: Any) -> None:
         kwargs.setdefault("options", [KEEP, ROLL_BACK])
         kwargs.setdefault("defaults", [ROLL_BACK])
         super().__init__(**kwargs)
         self.verify_task_id = verify_task_id
+        self._init_gate(api_conn_id)
 
     def execute(self, context: Context) -> Any:
         verdict = context["ti"].xcom_pull(task_ids=self.verify_task_id)

@@ -15,6 +15,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from delivery.catalog import Catalog, Service, load_catalog
 from delivery.catalog.loader import catalog_dir
 from delivery.gitops import GitOpsRepo
@@ -23,8 +25,12 @@ from delivery.paths import git_url
 log = logging.getLogger(__name__)
 
 
-class PipelineError(RuntimeError):
-    """A pipeline step failed for a reason the message explains."""
+class PipelineError(AirflowFailException):
+    """A pipeline step failed for a reason the message explains.
+
+    Final: the task's retries are kept for infrastructure failures (a killed worker, a lost
+    heartbeat), never spent on a reason that would fail again.
+    """
 
 
 @functools.lru_cache(maxsize=4)

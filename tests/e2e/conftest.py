@@ -97,25 +97,28 @@ class LocalStack:
 
 @contextlib.contextmanager
 def local_stack(
-    tmp_path_factory: pytest.TempPathFactory, *, overrides: dict[str, Any] | None = None
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    demo: str = DEMO,
+    overrides: dict[str, Any] | None = None,
 ) -> Iterator[LocalStack]:
-    """A real Airflow with one service copied from the demo web service (catalog ``overrides`` applied)."""
+    """A real Airflow with one service copied from a demo service (catalog ``overrides`` applied)."""
     from tests.standins.slack_server import SlackStandIn
 
     root = tmp_path_factory.mktemp("stack")
     # A name of its own per session: containers, registry repos and DAGs never meet another run's.
-    service = f"e2e-{uuid.uuid4().hex[:6]}-web"
-    # The service repo: the demo web service under a test name.
-    shutil.copytree(PROJECT_ROOT / "include" / "services" / DEMO, root / "services-src" / service)
+    service = f"e2e-{uuid.uuid4().hex[:6]}-{demo.rsplit('-', 1)[-1]}"
+    # The service repo: the demo service under a test name.
+    shutil.copytree(PROJECT_ROOT / "include" / "services" / demo, root / "services-src" / service)
     bare, work = _service_repo(root, service)
-    gitops = _gitops_repo(root, service)
+    gitops = _gitops_repo(root, service, demo)
     catalog_dir = root / "catalog"
     (catalog_dir / "services").mkdir(parents=True)
     platform = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/platform.yaml").read_text())
     platform["platform"]["gitops"]["repo_url"] = str(gitops)
     platform["platform"]["local"]["workspace_root"] = str(root / "workspaces")
     (catalog_dir / "platform.yaml").write_text(yaml.safe_dump(platform))
-    data = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/services" / f"{DEMO}.yaml").read_text())
+    data = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/services" / f"{demo}.yaml").read_text())
     data["name"] = service
     data["repo"]["url"] = str(bare)
     data["repo"]["full_name"] = f"visiobook/{service}"
@@ -191,17 +194,17 @@ def _service_repo(root: Path, service: str) -> tuple[Path, Path]:
     return bare, work
 
 
-def _gitops_repo(root: Path, service: str) -> Path:
+def _gitops_repo(root: Path, service: str, demo: str) -> Path:
     bare = root / "gitops.git"
     git("init", "-q", "--bare", "--initial-branch=main", str(bare), cwd=root)
     work = root / "gitops-work"
     git("clone", "-q", str(bare), str(work), cwd=root)
     git("checkout", "-q", "-B", "main", cwd=work)
     for env in ("staging", "production"):
-        src = PROJECT_ROOT / "include" / "services" / DEMO / "deploy" / f"values-{env}.yaml"
+        src = PROJECT_ROOT / "include" / "services" / demo / "deploy" / f"values-{env}.yaml"
         dest = work / "apps" / service / f"values-{env}.yaml"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(src.read_text().replace(f"visiobook/{DEMO}", f"e2e/{service}"))
+        dest.write_text(src.read_text().replace(f"visiobook/{demo}", f"e2e/{service}"))
     git("add", "-A", cwd=work)
     git("commit", "-q", "-m", "seed", cwd=work)
     git("push", "-q", "origin", "main", cwd=work)

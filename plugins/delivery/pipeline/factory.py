@@ -162,8 +162,10 @@ class DagFactory:
     def _dag(self, service: Service, *, tags: list[str], **kwargs: Any) -> DAG:
         default_args: dict[str, Any] = {
             "owner": service.team or "platform",
-            "retries": 0,
-            "retry_delay": timedelta(seconds=30),
+            # One retry for infrastructure failures (a killed worker or process, a lost heartbeat);
+            # the steps' own failures (PipelineError, a failing command) are final.
+            "retries": 1,
+            "retry_delay": timedelta(seconds=15),
             "on_failure_callback": [slack_failure_notifier(slack_conn_id=self.platform.connections.slack)],
         }
         return DAG(

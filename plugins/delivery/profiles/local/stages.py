@@ -31,10 +31,11 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from delivery.catalog.loader import catalog_dir
 from delivery.catalog.models import Platform, Service, Stage
@@ -43,12 +44,28 @@ from delivery.paths import PROJECT_ROOT
 from delivery.pipeline.contract import stage_env
 from delivery.profiles.local import steps
 
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
 SKIP_EXIT_CODE = 99
 IMAGE_STAGES = {
     Stage.IMAGE_BUILD: steps.local_image_build,
     Stage.IMAGE_SCAN: steps.local_image_scan,
     Stage.IMAGE_PUSH: steps.local_image_push,
 }
+
+
+class StageShellOperator(BashOperator):
+    """A stage's command: its failure is final; only an infrastructure failure (a killed worker or
+    process, a lost heartbeat) uses the task's retries, so a red test is not run twice."""
+
+    def execute(self, context: Context) -> Any:
+        try:
+            return super().execute(context)
+        except AirflowException as exc:
+            if "Bash command failed" in str(exc):
+                raise AirflowFailException(f"stage {self.task_id} failed: {exc}") from exc
+            raise
 
 
 def local_stage_operator(
@@ -84,7 +101,7 @@ def local_stage_operator(
         f"exec {shlex.quote(sys.executable)} -m delivery.profiles.local.shell "
         f"--service {shlex.quote(service.name)} --stage {shlex.quote(stage.name)}"
     )
-    return BashOperator(
+    return StageShellOperator(
         bash_command=command,
         env=env,
         append_env=False,

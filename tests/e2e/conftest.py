@@ -123,8 +123,9 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         port=free_port(),
         catalog_dir=catalog_dir,
         env={
-            "AIRFLOW_CONN_SLACK_DELIVERY": json.dumps(
-                {"conn_type": "slackwebhook", "password": slack.webhook_url}
+            # The notification path posts through the Slack Web API (a bot token) to routed channels.
+            "AIRFLOW_CONN_SLACK_API": json.dumps(
+                {"conn_type": "slack", "password": "xoxb-e2e", "extra": {"base_url": f"{slack.url}/api/"}}
             ),
             "DELIVERY_CATALOG_STRICT": "1",
         },

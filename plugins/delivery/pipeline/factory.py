@@ -25,8 +25,7 @@ from delivery.catalog.toolchains import ResolvedStage, resolve_stages
 from delivery.gpu.health import GpuServiceHealthOperator
 from delivery.integrations.health import HealthCheckSensor
 from delivery.integrations.sonarqube import SonarQualityGateOperator
-from delivery.notify import PipelineEvent, PipelineEventNotifier
-from delivery.notify.failure import slack_failure_notifier
+from delivery.notify import PipelineEvent, PipelineEventNotifier, TaskFailureNotifier
 from delivery.pipeline import task_ids as ids
 from delivery.pipeline.gates import RollbackGate
 from delivery.pipeline.params import PIPELINE_DOC, ROLLBACK_DOC, pipeline_params, rollback_params
@@ -153,7 +152,8 @@ class DagFactory:
             "owner": service.team or "platform",
             "retries": 0,
             "retry_delay": timedelta(seconds=30),
-            "on_failure_callback": [slack_failure_notifier(slack_conn_id=self.platform.connections.slack)],
+            # Every task's failure is a `task_failed` event (a severity event for some steps, below).
+            "on_failure_callback": [TaskFailureNotifier(service_name=service.name)],
         }
         return DAG(
             start_date=datetime(2026, 1, 1),
@@ -414,12 +414,17 @@ def failure_event(step: Step) -> PipelineEvent | None:
 
 
 def _add_failure_event(task: BaseOperator, step: Step, service: Service) -> None:
+    """A step with a severity event reports its failure as that event, instead of ``task_failed``.
+
+    One failure, one event: the ``task_failed`` notifier is replaced, not joined.
+    """
     event = failure_event(step)
-    if event is None or task.on_failure_callback is None:
+    if event is None or not task.on_failure_callback:
         return
     existing = task.on_failure_callback
     callbacks: list[Any] = list(existing) if isinstance(existing, list | tuple) else [existing]
-    task.on_failure_callback = [*callbacks, PipelineEventNotifier(event=event, service_name=service.name)]
+    kept = [cb for cb in callbacks if not isinstance(cb, TaskFailureNotifier)]
+    task.on_failure_callback = [*kept, TaskFailureNotifier(service_name=service.name, event=event)]
 
 
 def build_dags(catalog: Catalog) -> dict[str, DAG]:

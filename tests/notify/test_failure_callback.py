@@ -10,8 +10,10 @@ failure (killed process, heartbeat timeout, state mismatch): no ``exception``,
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import pickle
 import time
 from typing import Any
 
@@ -234,6 +236,21 @@ def test_a_callback_never_raises_even_without_a_catalog_entry(standins: Any) -> 
     report = notifier.send(context_of(FakeTaskInstance()))
     assert report is not None and "no service 'no-such-service'" in report.errors[0]
     notifier(context_of(FakeTaskInstance()))  # and through __call__: logged, not raised
+
+
+def test_tasks_with_their_notifier_can_be_copied_and_pickled(catalog: Catalog) -> None:
+    # Airflow deep-copies tasks (DAG.partial_subset when clearing, dag.test) and may pickle callbacks.
+    dag = build_poller_dag(watched_repos(catalog)[0])
+    subset = dag.partial_subset(task_ids=["watch"])
+    [copied] = subset.get_task("watch").on_failure_callback
+    assert (
+        isinstance(copied, TaskFailureNotifier)
+        and copied.subject == f"git poller {watched_repos(catalog)[0].repository}"
+    )
+    budget = CallbackBudget(total_s=5.0)
+    restored = pickle.loads(pickle.dumps(TaskFailureNotifier(service_name="visiobook-web", budget=budget)))
+    assert restored.budget is not None and restored.budget.remaining() == 5.0
+    assert copy.deepcopy(budget) is budget  # copies in one process share its budget
 
 
 def test_notifier_rejects_nonsense_settings() -> None:

@@ -97,3 +97,10 @@ def test_unconfigured_destinations_are_in_the_return_value(
     assert result["notified"] is False and result["errors"] == []
     assert slack.requests == []  # nothing tried, nothing retried
     assert "not sent: not configured (connection 'slack_api' is not defined)" in caplog.text
+
+
+def test_the_summary_step_never_fails_the_run(slack: Any) -> None:
+    result = notify_summary(service_name="no-such-service", **_context(DEPLOYED))
+    assert result["outcome"] == "unknown" and result["notified"] is False
+    assert "no service 'no-such-service'" in result["errors"][0]
+    assert slack.requests == []

@@ -81,6 +81,17 @@ class CallbackBudget:
         with self._lock:
             self._spent.append((time.monotonic(), seconds))
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> CallbackBudget:
+        return self  # a budget is shared: copies of a DAG's tasks spend the same one
+
+    def __getstate__(self) -> dict[str, float]:
+        return {"total_s": self.total_s, "window_s": self.window_s}
+
+    def __setstate__(self, state: dict[str, float]) -> None:  # another process: a fresh budget
+        self.total_s, self.window_s = state["total_s"], state["window_s"]
+        self._spent = deque()
+        self._lock = threading.Lock()
+
 
 PROCESS_BUDGET = CallbackBudget()
 
@@ -131,7 +142,7 @@ class TaskFailureNotifier(BaseNotifier):
         self.event = PipelineEvent(event)
         self.subject = subject
         self.quiet_period = quiet_period
-        self.budget = budget or PROCESS_BUDGET
+        self.budget = budget
 
     def notify(self, context: Context) -> None:
         try:
@@ -142,7 +153,8 @@ class TaskFailureNotifier(BaseNotifier):
     def send(self, context: Context | dict[str, Any]) -> NotifyReport | None:
         """Send the failure of the task in ``context``; None when this process's budget is spent."""
         run = RunInfo.from_context(context, default_dag_id=self.subject or self.service_name or "?")
-        remaining = self.budget.remaining()
+        budget = self.budget or PROCESS_BUDGET
+        remaining = budget.remaining()
         if remaining < 1.0:
             log.error(
                 "Failure of %s/%s/%s not notified: the failure callbacks of this process already spent "
@@ -150,7 +162,7 @@ class TaskFailureNotifier(BaseNotifier):
                 run.dag_id,
                 run.run_id,
                 run.task_label,
-                self.budget.total_s,
+                budget.total_s,
             )
             return None
         ttl = self.quiet_period or PER_TRY_MARK_TTL
@@ -168,7 +180,7 @@ class TaskFailureNotifier(BaseNotifier):
                 mark_key=self._mark_key(run),
             )
         finally:
-            self.budget.spend(time.monotonic() - started)
+            budget.spend(time.monotonic() - started)
 
     def _mark_key(self, run: RunInfo) -> str:
         if self.quiet_period is not None:

@@ -136,11 +136,21 @@ def _rollback_details(context: dict[str, Any], outcome: str, sentence: str) -> d
 
 
 def notify_summary(*, service_name: str, mode: str = "pipeline", **context: Any) -> dict[str, Any]:
-    """The run's summary, posted once as an event of the notification path. Never fails on delivery.
+    """The run's summary, posted once as an event of the notification path. Never fails.
 
     Returns the outcome and what became of each notification: ``notified`` (every
-    destination has it), ``not_configured`` (destinations without a connection) and ``errors``.
+    destination has it), ``not_configured`` (destinations without a connection) and
+    ``errors``. The run's result is given by ``notify.outcome``, whatever happens here.
     """
+    try:
+        return _summarise(service_name=service_name, mode=mode, context=context)
+    except Exception as exc:  # a notification never changes the run's result
+        log.exception("The run's summary could not be sent")
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        return {"outcome": "unknown", "message": error, "events": [], "notified": False, "errors": [error]}
+
+
+def _summarise(*, service_name: str, mode: str, context: dict[str, Any]) -> dict[str, Any]:
     svc = service(service_name)
     states = task_states(context)
     if mode == "manual":

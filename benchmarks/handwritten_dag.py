@@ -24,7 +24,7 @@ from delivery.catalog.models import Check, VerifySpec
 from delivery.integrations.argocd.operator import ArgoCDSyncOperator
 from delivery.integrations.health import HealthCheckSensor
 from delivery.integrations.sonarqube import SonarQualityGateOperator
-from delivery.notify.failure import slack_failure_notifier
+from delivery.notify.failure import TaskFailureNotifier
 from delivery.verification.operator import VerifyReleaseOperator
 
 SHA = "{{ ti.xcom_pull(task_ids='validate.checkout')['sha'] }}"
@@ -89,7 +89,7 @@ def build(service: str) -> DAG:
             "ref": Param("main", type="string"),
             "pipeline": Param("full", type="string", enum=["full", "ci"]),
         },
-        default_args={"on_failure_callback": [slack_failure_notifier(slack_conn_id="slack_delivery")]},
+        default_args={"on_failure_callback": [TaskFailureNotifier(service_name=service)]},
     ) as dag:
         with TaskGroup("validate"):
             checkout = PythonOperator(task_id="checkout", python_callable=_noop)

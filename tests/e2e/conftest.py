@@ -138,9 +138,7 @@ def local_stack(
         port=free_port(),
         catalog_dir=catalog_dir,
         env={
-            "AIRFLOW_CONN_SLACK_DELIVERY": json.dumps(
-                {"conn_type": "slackwebhook", "password": slack.webhook_url}
-            ),
+            # The notification path posts through the Slack Web API (a bot token) to routed channels.
             "AIRFLOW_CONN_SLACK_API": json.dumps(
                 {"conn_type": "slack", "password": "xoxb-e2e", "extra": {"base_url": f"{slack.url}/api/"}}
             ),

@@ -78,6 +78,9 @@ def test_happy_path_commit_to_production(stack) -> None:  # type: ignore[no-unty
     head = stack.gitops_log("production")[0]
     trailers = stack.gitops_trailers(head)
     assert "Delivery-Approver: alice" in trailers and f"Delivery-Source-Sha: {sha}" in trailers
+    # The success is announced once.
+    texts = [m["text"] for m in stack.slack.delivered()]
+    assert len([t for t in texts if run_id in t and "deployed to production" in t]) == 1, texts
     stack.good_sha = sha
 
 

@@ -38,6 +38,9 @@ def test_every_event_has_its_fixed_severity() -> None:
         "approval_requested": "P3",
         "deploy_succeeded": "P3",
         "rollback_succeeded": "P3",
+        # One path for every notification: task failures and the end-of-run summary are events too.
+        "task_failed": "P3",
+        "run_finished": "P3",
     }
     assert {e.value: s.value for e, s in EVENT_SEVERITY.items()} == expected
     assert {e.value for e in PipelineEvent} == set(expected)
@@ -55,7 +58,7 @@ def test_platform_defaults_route_each_severity(catalog: Catalog) -> None:
             "slack:#alerts",
             "email:oncall@visiobook.io",
         ]
-    for event in ("approval_requested", "deploy_succeeded"):
+    for event in ("approval_requested", "deploy_succeeded", "task_failed", "run_finished"):
         assert _summary(route(PipelineEvent(event), service=svc, platform=platform)) == ["slack:#monitoring"]
     # A good rollback restores service: the P1 incident is resolved, and #monitoring is told.
     assert _summary(route(PipelineEvent.ROLLBACK_SUCCEEDED, service=svc, platform=platform)) == [

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 from typing import Any
 
 import pytest
 
 from delivery.catalog import Catalog
-from delivery.notify import PipelineEvent, PipelineEventNotifier, event_dedup_key, notify_event
+from delivery.notify import PipelineEvent, PipelineEventNotifier, RetryPolicy, event_dedup_key, notify_event
 from delivery.notify.messages import RunInfo
-from tests.notify.conftest import ROUTING_KEY, SLACK_TOKEN, FakeTaskInstance, context_of
+from tests.notify.conftest import FAST, ROUTING_KEY, SLACK_TOKEN, FakeTaskInstance, context_of
 
 SERVICE = "visiobook-api"
 RUN_ID = "manual__2025-05-01T10:00:00+00:00"
@@ -198,7 +201,7 @@ def test_a_broken_slack_leaves_the_other_destinations_delivered(
             context=context_of(ti),
             details={"error": "no earlier stable release"},
             catalog=catalog,
-            backoff_s=0.01,
+            policy=FAST,
         )
     assert not report.ok
     delivered = {str(d.destination): d.delivered for d in report.deliveries}
@@ -206,20 +209,32 @@ def test_a_broken_slack_leaves_the_other_destinations_delivered(
     assert len(pagerduty.accepted()) == 1
     assert len(slack.requests) == 3  # three attempts, then given up
     [error] = report.errors
-    assert error.startswith("slack:#critical-alerts: ")
-    assert ti.xcoms["notification_errors"] == report.errors
+    assert (
+        error
+        == "slack:#critical-alerts: Slack answered 500: Received a response in a non-JSON format: internal_error"
+    )
+    assert ti.xcoms == {}  # failures are logged and returned, never written to XCom
+    assert "Notification to slack:#critical-alerts failed after 3 attempt(s)" in caplog.text
     assert ROUTING_KEY not in caplog.text and SLACK_TOKEN not in caplog.text
 
 
-def test_everything_down_still_never_raises(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
-    # No connections at all and an unknown service: errors are reported, nothing raises.
+def test_everything_down_still_never_raises(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No connections at all and an unknown service: reported, never retried, nothing raises.
     monkeypatch.delenv("AIRFLOW_CONN_SLACK_API", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
     ti = FakeTaskInstance()
-    report = notify_event(
-        "staging_failed", service_name=SERVICE, context=context_of(ti), catalog=catalog, backoff_s=0
+    with caplog.at_level(logging.WARNING):
+        report = notify_event("staging_failed", service_name=SERVICE, context=context_of(ti), catalog=catalog)
+    assert not report.ok and report.errors == []
+    assert report.not_configured == ["slack:#alerts", "email:oncall@visiobook.io"]
+    assert [d.attempts for d in report.deliveries] == [0, 0]
+    assert (
+        "Notification to slack:#alerts not sent: not configured (connection 'slack_api' is not defined)"
+        in (caplog.text)
     )
-    assert not report.ok and len(report.errors) == 2
-    assert ti.xcoms["notification_errors"] == report.errors
+    assert ti.xcoms == {}
     unknown = notify_event(
         "deploy_succeeded", service_name="no-such", context=context_of(ti), catalog=catalog
     )
@@ -228,11 +243,8 @@ def test_everything_down_still_never_raises(catalog: Catalog, monkeypatch: pytes
     assert bogus.deliveries == []
 
 
-def test_notifier_form_for_callbacks_and_hitl(
-    standins: Any, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_notifier_form_for_hitl(standins: Any) -> None:
     slack, _pagerduty, _smtp = standins
-    monkeypatch.setattr("delivery.runtime.catalog", lambda: catalog)
     notifier = PipelineEventNotifier(
         event="deploy_succeeded", service_name=SERVICE, details={"environment": "staging"}
     )
@@ -241,3 +253,143 @@ def test_notifier_form_for_callbacks_and_hitl(
     [(_, body)] = _posts(slack)
     assert body["channel"] == "#monitoring"
     assert body["text"].startswith(":white_check_mark: *[P3] visiobook-api: deployed to staging*")
+
+
+def test_foreign_text_in_details_arrives_verbatim(standins: Any, catalog: Catalog) -> None:
+    slack, pagerduty, smtp = standins
+    reason = "{{ 7 * 7 }} {% for c in conn %}{{ c }}{% endfor %} {{ var.value.x }}"
+    for event in (PipelineEvent.ROLLBACK_FAILED, PipelineEvent.APPROVAL_TIMED_OUT):
+        notify_event(
+            event,
+            service_name=SERVICE,
+            context=context_of(FakeTaskInstance()),
+            details={"reason": reason, "commit": f"fix: {reason}"},
+            catalog=catalog,
+        )
+    [page] = pagerduty.accepted()
+    assert page["payload"]["custom_details"]["reason"] == reason
+    assert page["payload"]["custom_details"]["commit"] == f"fix: {reason}"
+    texts = [body["text"] for body in slack.delivered()]
+    assert len(texts) == 2 and all(
+        f"• reason: {reason}" in t and f"• commit: fix: {reason}" in t for t in texts
+    )
+    [mail] = smtp.messages
+    assert f"<li><b>reason</b>: {reason}</li>" in mail.html()
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts"),
+    [
+        pytest.param(503, 2, id="5xx-retried"),
+        pytest.param(429, 2, id="rate-limited-retried"),
+    ],
+)
+def test_a_transient_slack_error_is_retried(
+    standins: Any, catalog: Catalog, status: int, attempts: int
+) -> None:
+    slack, _pagerduty, _smtp = standins
+    slack.fail_next(1, status=status)
+    report = notify_event(
+        "deploy_succeeded",
+        service_name=SERVICE,
+        context=context_of(FakeTaskInstance()),
+        catalog=catalog,
+        policy=FAST,
+    )
+    assert report.ok and [d.attempts for d in report.deliveries] == [attempts]
+    assert len(slack.delivered()) == 1
+
+
+def test_a_refused_slack_message_is_not_retried(standins: Any, catalog: Catalog) -> None:
+    slack, _pagerduty, _smtp = standins
+    slack.channels = {"#general"}  # the bot was never invited to #monitoring
+    report = notify_event(
+        "deploy_succeeded",
+        service_name=SERVICE,
+        context=context_of(FakeTaskInstance()),
+        catalog=catalog,
+        policy=FAST,
+    )
+    assert report.errors == ["slack:#monitoring: Slack answered 200: channel_not_found"]
+    assert len(slack.requests) == 1
+
+
+def test_pagerduty_throttling_is_retried_and_a_bad_key_is_not(
+    standins: Any, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _slack, pagerduty, _smtp = standins
+    pagerduty.fail_next(1, status=429)
+    report = notify_event(
+        "rollback_failed",
+        service_name=SERVICE,
+        context=context_of(FakeTaskInstance()),
+        catalog=catalog,
+        policy=FAST,
+    )
+    # Our policy retried (the client's own unlimited 429 loop is off): two tries, one incident.
+    [page] = [d for d in report.deliveries if d.destination.kind.value == "pagerduty"]
+    assert report.ok and page.attempts == 2
+    assert len(pagerduty.events) == 2 and len(pagerduty.accepted()) == 1
+    conn = json.loads(os.environ["AIRFLOW_CONN_PAGERDUTY_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW_CONN_PAGERDUTY_DEFAULT", json.dumps({**conn, "password": "too-short"}))
+    refused = notify_event(
+        "rollback_failed",
+        service_name=SERVICE,
+        context=context_of(FakeTaskInstance()),
+        catalog=catalog,
+        policy=FAST,
+    )
+    [error] = refused.errors
+    assert error.startswith("pagerduty:events-v2 (trigger): PagerDuty answered 400")
+    assert len(pagerduty.events) == 3  # one try: a refused event cannot succeed later
+
+
+@pytest.mark.parametrize(
+    ("reply", "delivered", "tries"),
+    [
+        pytest.param("451 4.3.0 Try again later", True, 2, id="4xx-retried"),
+        pytest.param("550 5.1.1 Mailbox unavailable", False, 1, id="5xx-not-retried"),
+    ],
+)
+def test_smtp_temporary_failures_are_retried_and_refusals_are_not(
+    standins: Any, catalog: Catalog, reply: str, delivered: bool, tries: int
+) -> None:
+    _slack, _pagerduty, smtp = standins
+    smtp.fail_next(1, reply=reply)
+    report = notify_event(
+        "staging_failed",
+        service_name="visiobook-web",
+        context=context_of(FakeTaskInstance()),
+        catalog=catalog,
+        policy=FAST,
+    )
+    [mail] = [d for d in report.deliveries if d.destination.kind.value == "email"]
+    assert (mail.delivered, mail.attempts) == (delivered, tries)
+    assert len(smtp.messages) == (1 if delivered else 0)
+
+
+def test_a_hanging_destination_cannot_hold_the_others_or_the_caller(standins: Any, catalog: Catalog) -> None:
+    slack, pagerduty, _smtp = standins
+    slack.hang_next(100)  # connections accepted, never answered
+    policy = RetryPolicy(attempts=3, backoff_s=0.01, request_timeout_s=1.0, deadline_s=2.5)
+    started = time.monotonic()
+    report = notify_event(
+        "production_deploy_failed",
+        service_name=SERVICE,
+        context=context_of(FakeTaskInstance()),
+        catalog=catalog,
+        policy=policy,
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < policy.deadline_s + 1.5, elapsed
+    statuses = {str(d.destination): d.status.value for d in report.deliveries}
+    assert statuses == {"pagerduty:events-v2 (trigger)": "delivered", "slack:#critical-alerts": "failed"}
+    assert len(pagerduty.accepted()) == 1
+    assert 2 <= len(slack.requests) <= 3  # each try ended by its timeout, none started past the deadline
+
+
+def test_retry_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="attempts must be at least 1, got 0"):
+        RetryPolicy(attempts=0)
+    with pytest.raises(ValueError, match=r"request_timeout_s and deadline_s > 0, got 1.0, 0, 20.0"):
+        RetryPolicy(request_timeout_s=0)

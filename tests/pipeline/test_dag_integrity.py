@@ -131,8 +131,8 @@ def test_approval_is_a_hitl_operator_with_assigned_approvers_and_reject_default(
         assert task.response_timeout == catalog.service(name).approval_timeout
 
 
-def test_every_task_notifies_slack_on_failure(dagbag) -> None:  # type: ignore[no-untyped-def]
-    from delivery.notify.failure import SafeNotifier
+def test_every_task_notifies_its_failure_once(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from delivery.notify import TaskFailureNotifier
 
     dag = dagbag.dags["deliver_visiobook_web"]
     for task in dag.tasks:
@@ -143,7 +143,17 @@ def test_every_task_notifies_slack_on_failure(dagbag) -> None:  # type: ignore[n
             if isinstance(task.on_failure_callback, list)
             else [task.on_failure_callback]
         )
-        assert any(isinstance(cb, SafeNotifier) for cb in callbacks), task.task_id
+        # One notifier per task: a step with a severity event sends that event instead of task_failed.
+        [notifier] = [cb for cb in callbacks if isinstance(cb, TaskFailureNotifier)]
+        expected = {
+            "deploy_production.sync": "production_deploy_failed",
+            "verify_production.verify": "production_verification_failed",
+            "integration.staging_tests": "staging_failed",
+            "rollback.sync": "rollback_failed",
+            "validate.checkout": "task_failed",
+        }.get(task.task_id)
+        if expected:
+            assert notifier.event == expected, task.task_id
 
 
 def test_trigger_form_params(dagbag) -> None:  # type: ignore[no-untyped-def]

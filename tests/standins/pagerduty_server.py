@@ -7,6 +7,12 @@ trigger, a ``dedup_key`` for acknowledge/resolve) and answers ``202
 Incidents are deduplicated by ``dedup_key`` as PagerDuty does: a trigger for
 an open incident adds nothing, a resolve closes it.
 
+Failures follow the documented response codes
+(https://developer.pagerduty.com/docs/events-api-v2-overview#response-codes--retry-logic):
+``fail_next(n, 429)`` answers ``429`` "throttle event" (too many events: retry later),
+other statuses ``{"status": "error"}``; ``hang_next(n)`` holds requests without an
+answer until ``stop``, like a dropped connection.
+
 The ``pagerduty`` client accepts only ``https://`` base URLs, so the stand-in
 serves TLS with a self-signed certificate for 127.0.0.1 (``ca_file``); point
 ``SSL_CERT_FILE`` at it for the client to trust it.
@@ -86,7 +92,9 @@ class PagerDutyStandIn:
     """dedup_key -> "triggered" | "acknowledged" | "resolved"."""
     failures_left: int = 0
     failure_status: int = 500
+    hangs_left: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    released: threading.Event = field(default_factory=threading.Event)
     server: ThreadingHTTPServer | None = None
     ca_file: Path | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -100,6 +108,10 @@ class PagerDutyStandIn:
     def fail_next(self, count: int, status: int = 500) -> None:
         with self.lock:
             self.failures_left, self.failure_status = count, status
+
+    def hang_next(self, count: int) -> None:
+        with self.lock:
+            self.hangs_left = count
 
     def accepted(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -127,9 +139,18 @@ class PagerDutyStandIn:
                     return
                 with standin.lock:
                     standin.events.append(event)
-                    failing = standin.failures_left > 0
-                    if failing:
+                    hanging = standin.hangs_left > 0
+                    failing = not hanging and standin.failures_left > 0
+                    if hanging:
+                        standin.hangs_left -= 1
+                    elif failing:
                         standin.failures_left -= 1
+                if hanging:
+                    standin.released.wait()
+                    return
+                if failing and standin.failure_status == 429:
+                    self._send(429, {"status": "throttle event", "message": "Too many events; retry later"})
+                    return
                 if failing:
                     self._send(standin.failure_status, {"status": "error"})
                     return
@@ -170,6 +191,7 @@ class PagerDutyStandIn:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

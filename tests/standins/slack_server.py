@@ -1,9 +1,23 @@
-"""A Slack stand-in on 127.0.0.1: incoming webhooks and ``chat.postMessage``.
+"""A Slack stand-in on 127.0.0.1: the Web API's ``chat.postMessage`` and incoming webhooks.
 
-It speaks the shapes the Slack SDK expects: a webhook answers ``200 ok`` (text),
-the Web API answers ``{"ok": true, ...}``. Every request is recorded.
-``fail_next(n, status)`` makes the next ``n`` requests fail, to prove that a
-broken Slack never changes a pipeline's result.
+It answers the way Slack does, as documented:
+
+* ``POST /api/chat.postMessage`` (https://api.slack.com/methods/chat.postMessage):
+  errors are HTTP 200 with ``{"ok": false, "error": ...}``: ``not_authed`` without a
+  token, ``invalid_auth`` with a token Slack does not know (when ``token`` is set),
+  ``channel_not_found`` for a channel the bot cannot see (when ``channels`` is set),
+  ``no_text`` without ``text``, ``blocks`` or ``attachments``. Success is
+  ``{"ok": true, "channel": ..., "ts": ..., "message": ...}``.
+* ``POST /services/T.../B.../X...`` (https://api.slack.com/messaging/webhooks):
+  ``200 ok`` as text/plain.
+* Rate limits (https://api.slack.com/apis/rate-limits): HTTP 429 with ``Retry-After``.
+  ``fail_next(n, status)`` makes the next ``n`` requests fail with ``status`` (429 gets
+  the header and ``{"ok": false, "error": "ratelimited"}``; other statuses a text body,
+  like Slack's own 5xx pages).
+* ``hang_next(n)`` holds the next ``n`` requests without an answer (until ``stop``),
+  like a network path that drops packets: only the client's timeout ends them.
+
+Every request is recorded; ``delivered()`` lists what Slack accepted.
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ class SlackRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    accepted: bool = False
 
 
 @dataclass
@@ -28,7 +43,13 @@ class SlackStandIn:
     requests: list[SlackRequest] = field(default_factory=list)
     failures_left: int = 0
     failure_status: int = 500
+    hangs_left: int = 0
+    token: str | None = None
+    """The only bot token accepted; None accepts any token."""
+    channels: set[str] | None = None
+    """The channels the bot can post to; None accepts any channel."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    released: threading.Event = field(default_factory=threading.Event)
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -46,9 +67,31 @@ class SlackStandIn:
             self.failures_left = count
             self.failure_status = status
 
+    def hang_next(self, count: int) -> None:
+        with self.lock:
+            self.hangs_left = count
+
     def messages(self) -> list[dict[str, Any]]:
+        """The bodies of every request, accepted or not."""
         with self.lock:
             return [r.body for r in self.requests]
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """The bodies of the messages Slack accepted."""
+        with self.lock:
+            return [r.body for r in self.requests if r.accepted]
+
+    def _api_error(self, headers: dict[str, str], body: dict[str, Any]) -> str | None:
+        auth = headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth.removeprefix("Bearer ").strip():
+            return "not_authed"
+        if self.token is not None and auth.removeprefix("Bearer ").strip() != self.token:
+            return "invalid_auth"
+        if self.channels is not None and body.get("channel") not in self.channels:
+            return "channel_not_found"
+        if not (body.get("text") or body.get("blocks") or body.get("attachments")):
+            return "no_text"
+        return None
 
     def start(self) -> SlackStandIn:
         standin = self
@@ -64,30 +107,57 @@ class SlackStandIn:
                     body = json.loads(raw or "{}")
                 else:
                     body = {k: v[0] for k, v in parse_qs(raw).items()}
+                request = SlackRequest(self.path, dict(self.headers), body)
                 with standin.lock:
-                    standin.requests.append(SlackRequest(self.path, dict(self.headers), body))
-                    failing = standin.failures_left > 0
-                    if failing:
+                    standin.requests.append(request)
+                    hanging = standin.hangs_left > 0
+                    failing = not hanging and standin.failures_left > 0
+                    if hanging:
+                        standin.hangs_left -= 1
+                    elif failing:
                         standin.failures_left -= 1
+                if hanging:
+                    standin.released.wait()
+                    return
                 if failing:
-                    self._send(standin.failure_status, "text/plain", b"internal_error")
+                    self._fail(standin.failure_status)
                 elif self.path.startswith("/services/"):
+                    request.accepted = True
                     self._send(200, "text/plain", b"ok")
                 elif self.path.startswith("/api/chat.postMessage"):
-                    reply = {
-                        "ok": True,
-                        "channel": body.get("channel"),
-                        "ts": "1700000000.000100",
-                        "message": body,
-                    }
-                    self._send(200, "application/json", json.dumps(reply).encode())
+                    self._post_message(request)
                 else:
                     self._send(404, "application/json", b'{"ok": false, "error": "unknown_method"}')
 
-            def _send(self, status: int, ctype: str, payload: bytes) -> None:
+            def _post_message(self, request: SlackRequest) -> None:
+                error = standin._api_error(request.headers, request.body)
+                if error:
+                    self._send(200, "application/json", json.dumps({"ok": False, "error": error}).encode())
+                    return
+                request.accepted = True
+                reply = {
+                    "ok": True,
+                    "channel": request.body.get("channel"),
+                    "ts": "1700000000.000100",
+                    "message": request.body,
+                }
+                self._send(200, "application/json", json.dumps(reply).encode())
+
+            def _fail(self, status: int) -> None:
+                if status == 429:
+                    body = b'{"ok": false, "error": "ratelimited"}'
+                    self._send(429, "application/json", body, extra={"Retry-After": "1"})
+                else:
+                    self._send(status, "text/plain", b"internal_error")
+
+            def _send(
+                self, status: int, ctype: str, payload: bytes, extra: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(payload)))
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
 
@@ -96,6 +166,7 @@ class SlackStandIn:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

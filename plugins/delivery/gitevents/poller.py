@@ -24,6 +24,9 @@ every minute, one active run at a time::
   same run ids, which already exist: nothing runs twice. With
   ``DELIVERY_POLLER_STATE_FILE`` set, a JSON file is used instead.
 
+A failed task of a poller DAG is notified like any pipeline task (``task_failed``,
+routed by the platform's defaults), at most once an hour per task while it keeps failing.
+
 The first poll of a repository (no state yet) records a baseline and starts
 nothing, so enabling a poller does not rebuild every branch. Poller DAGs follow
 ``dags_are_paused_at_creation``: enable them only for repositories without a
@@ -51,6 +54,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from delivery.catalog.models import Catalog, Service
 from delivery.gitevents.routing import ZERO_SHA, GitEvent, normalize_repo_url, route, run_id_for
 from delivery.gitops import GitCommandError, ls_remote
+from delivery.notify.failure import TaskFailureNotifier
 from delivery.paths import git_url
 
 if TYPE_CHECKING:
@@ -60,6 +64,7 @@ log = logging.getLogger(__name__)
 
 STATE_VARIABLE = "delivery_poller_state"
 STATE_FILE_ENV = "DELIVERY_POLLER_STATE_FILE"
+POLLER_QUIET_PERIOD = timedelta(hours=1)
 
 
 class PollError(RuntimeError):
@@ -339,7 +344,19 @@ def build_poller_dag(repo: WatchedRepo) -> DAG:
         doc_md=(__doc__ or "").split("\n\n")[0]
         + f"\n\nRepository: `{repo.repository}`; services: "
         + ", ".join(repo.services),
-        default_args={"owner": "platform", "retries": 1, "retry_delay": timedelta(seconds=10)},
+        default_args={
+            "owner": "platform",
+            "retries": 1,
+            "retry_delay": timedelta(seconds=10),
+            # A poller that keeps failing (every minute) is reported once an hour, not once a run.
+            "on_failure_callback": [
+                TaskFailureNotifier(
+                    service_name=None,
+                    subject=f"git poller {repo.repository}",
+                    quiet_period=POLLER_QUIET_PERIOD,
+                )
+            ],
+        },
     ) as dag:
         watch = GitHeadsSensor(
             task_id="watch",

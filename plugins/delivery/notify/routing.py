@@ -4,6 +4,7 @@ The severity of an event is fixed here; its destinations come from the
 catalog: ``platform.notifications`` gives the default route of each severity,
 and a service's ``notifications`` replaces a whole severity route (not single
 fields of it). :func:`route` turns that into a list of :class:`Destination`.
+Something that is not a service (a git poller DAG) uses the platform's routes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class PipelineEvent(StrEnum):
     APPROVAL_REQUESTED = "approval_requested"
     DEPLOY_SUCCEEDED = "deploy_succeeded"
     ROLLBACK_SUCCEEDED = "rollback_succeeded"
+    TASK_FAILED = "task_failed"
+    """A task failed that raises no event of its own (a CI stage, a poller): the failure callback."""
+    RUN_FINISHED = "run_finished"
+    """The end-of-run summary of an outcome no other event describes (CI passed, failed, rejected...)."""
 
     @property
     def severity(self) -> Severity:
@@ -50,7 +55,12 @@ class PipelineEvent(StrEnum):
 
     @property
     def default_environment(self) -> str:
-        return "staging" if self is PipelineEvent.STAGING_FAILED else "production"
+        """The environment the event is about unless its details say; "" when it is about no environment."""
+        if self is PipelineEvent.STAGING_FAILED:
+            return "staging"
+        if self in (PipelineEvent.TASK_FAILED, PipelineEvent.RUN_FINISHED):
+            return ""
+        return "production"
 
 
 EVENT_SEVERITY: dict[PipelineEvent, Severity] = {
@@ -66,6 +76,8 @@ EVENT_SEVERITY: dict[PipelineEvent, Severity] = {
     PipelineEvent.APPROVAL_REQUESTED: Severity.P3,
     PipelineEvent.DEPLOY_SUCCEEDED: Severity.P3,
     PipelineEvent.ROLLBACK_SUCCEEDED: Severity.P3,
+    PipelineEvent.TASK_FAILED: Severity.P3,
+    PipelineEvent.RUN_FINISHED: Severity.P3,
 }
 
 PRODUCTION_FAILURE = "production_failure"
@@ -95,7 +107,11 @@ class DestinationKind(StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class Destination:
-    """One place a notification goes. ``target``: a Slack channel, an e-mail address, or ``events-v2``."""
+    """One place a notification goes. ``target``: a Slack channel, an e-mail address, or ``events-v2``.
+
+    Small and plain on purpose: the kind picks the provider, the connection id says how to reach
+    it, and a sink that records what was sent (a local inbox) needs nothing more.
+    """
 
     kind: DestinationKind
     target: str
@@ -108,25 +124,29 @@ class Destination:
         return f"{self.kind.value}:{self.target}{suffix}"
 
 
-def effective_route(severity: Severity, *, service: Service, platform: Platform) -> NotificationRoute | None:
+def effective_route(
+    severity: Severity, *, service: Service | None, platform: Platform
+) -> NotificationRoute | None:
     """The service's route of ``severity`` if it sets one, else the platform's default."""
-    own = getattr(service.notifications, severity.value)
+    own = getattr(service.notifications, severity.value) if service is not None else None
     return own if own is not None else getattr(platform.notifications, severity.value)
 
 
 def route(
     event: PipelineEvent,
     *,
-    service: Service,
+    service: Service | None,
     platform: Platform,
-    slack_conn_id: str = SLACK_API_CONN_ID,
+    slack_conn_id: str | None = None,
 ) -> list[Destination]:
     """Where ``event`` goes for ``service``: PagerDuty first, then Slack channels, then e-mail.
 
     ``rollback_succeeded`` also resolves the PagerDuty incident of the production failure
-    when the P1 route pages, whatever its own (P3) route says.
+    when the P1 route pages, whatever its own (P3) route says. Slack goes through the
+    Web API connection ``platform.connections.slack_api`` unless ``slack_conn_id`` is given.
     """
     event = PipelineEvent(event)
+    slack_conn_id = slack_conn_id or platform.connections.slack_api
     found = effective_route(event.severity, service=service, platform=platform)
     destinations: list[Destination] = []
     pagerduty_conn = platform.connections.pagerduty

@@ -1,21 +1,40 @@
-"""Send one pipeline event to every destination of its severity; never raise.
+"""The one notification path: event → routing → message → providers. Never raises.
 
-Each destination is independent: it gets its own retries with backoff (like
-:class:`delivery.notify.failure.SafeNotifier`), and a failure of one (Slack
-down) never stops the others (PagerDuty, e-mail). Failures are logged, returned
-in the :class:`NotifyReport` and recorded on the task as the XCom
-``notification_errors``. A notification never changes a pipeline's result.
+:func:`notify_event` routes an event (:mod:`delivery.notify.routing`), builds its
+message (:mod:`delivery.notify.messages`) and hands it to the provider of each
+destination (:mod:`delivery.notify.providers`) under one retry policy
+(:data:`RETRY_POLICY`, tenacity):
+
+* each destination is independent: they are sent in parallel, and a broken Slack
+  never delays or stops PagerDuty or e-mail;
+* only transient errors are retried (network, timeout, 429, 5xx, SMTP 4xx), with
+  exponential backoff; a refused request is not retried, and a destination without
+  a connection is reported as ``not configured``, never tried;
+* the whole send is bounded: every request has a short timeout and no retry starts
+  after the deadline, so a send ends within about ``deadline_s`` whatever the
+  destinations do. A failure callback run by the dag-processor must end long before
+  its 50 s limit, which would kill it with every other callback of its batch.
+
+Outcomes are logged and returned in a :class:`NotifyReport`; nothing is written to
+XCom here (a callback in the dag-processor cannot write XCom: it would hang). The
+end-of-run step returns the report in its own return value. A notification never
+changes a pipeline's result.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import tenacity
 from airflow.sdk.bases.notifier import BaseNotifier
+from tenacity.stop import stop_base
 
 from delivery.notify.messages import EventMessage, RunInfo, build_message
 from delivery.notify.routing import (
@@ -29,32 +48,70 @@ from delivery.notify.routing import (
 
 if TYPE_CHECKING:
     from delivery.catalog.models import Catalog, Service
+    from delivery.notify.dedup import SentMarks
+    from delivery.notify.providers import Provider
 
 log = logging.getLogger(__name__)
 
-XCOM_ERRORS_KEY = "notification_errors"
-SLACK_USERNAME = "Visiobook Delivery"
-FROM_EMAIL = "delivery@visiobook.io"
-
-_SECRETS = re.compile(r"(xox[a-z]-[A-Za-z0-9-]+|https://hooks\.slack\.com/\S+|\b[A-Za-z0-9]{32,}\b)")
+_SECRETS = re.compile(
+    r"(xox[a-z]-[A-Za-z0-9-]+|https://hooks\.slack\.com/\S+|\b[A-Za-z0-9]{32,}\b|(?<=://)[^/\s:@]+:[^/\s@]+(?=@))"
+)
 
 
 def redact(text: str) -> str:
-    """Remove what looks like a token, routing key or webhook URL from an error message."""
+    """Remove what looks like a token, routing key, webhook URL or URL credentials from a text."""
     return _SECRETS.sub("[redacted]", text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How hard one notification tries. One policy for every destination and every caller."""
+
+    attempts: int = 3
+    backoff_s: float = 1.0
+    """Wait before the 2nd try; doubled before each next one."""
+    request_timeout_s: float = 5.0
+    deadline_s: float = 20.0
+    """No request or retry starts after this (from the start of the send)."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts!r}")
+        if self.backoff_s < 0 or self.request_timeout_s <= 0 or self.deadline_s <= 0:
+            raise ValueError(
+                "backoff_s must be >= 0, request_timeout_s and deadline_s > 0, got "
+                f"{self.backoff_s!r}, {self.request_timeout_s!r}, {self.deadline_s!r}"
+            )
+
+
+RETRY_POLICY = RetryPolicy()
+MIN_REQUEST_S = 0.5
+"""A try needs at least this much time left before the deadline, or it is not started."""
+
+
+class DeliveryStatus(StrEnum):
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    NOT_CONFIGURED = "not configured"
+    ALREADY_SENT = "already sent"
+    """A repeated failure callback: this destination had the message already (see ``dedup``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Delivery:
     destination: Destination
-    delivered: bool
-    attempts: int
+    status: DeliveryStatus
+    attempts: int = 0
     error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status in (DeliveryStatus.DELIVERED, DeliveryStatus.ALREADY_SENT)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "destination": str(self.destination),
-            "delivered": self.delivered,
+            "status": self.status.value,
             "attempts": self.attempts,
             "error": self.error,
         }
@@ -62,7 +119,7 @@ class Delivery:
 
 @dataclass(kw_only=True)
 class NotifyReport:
-    event: PipelineEvent
+    event: PipelineEvent | None
     severity: str
     service: str
     dedup_key: str | None = None
@@ -70,24 +127,32 @@ class NotifyReport:
 
     @property
     def ok(self) -> bool:
+        """Every destination has the message."""
         return all(d.delivered for d in self.deliveries)
 
     @property
     def errors(self) -> list[str]:
-        return [f"{d.destination}: {d.error}" for d in self.deliveries if not d.delivered]
+        return [f"{d.destination}: {d.error}" for d in self.deliveries if d.status is DeliveryStatus.FAILED]
+
+    @property
+    def not_configured(self) -> list[str]:
+        return [str(d.destination) for d in self.deliveries if d.status is DeliveryStatus.NOT_CONFIGURED]
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "event": self.event.value,
+            "event": self.event.value if self.event else None,
             "severity": self.severity,
             "service": self.service,
             "dedup_key": self.dedup_key,
             "deliveries": [d.as_dict() for d in self.deliveries],
             "errors": self.errors,
+            "not_configured": self.not_configured,
         }
 
 
-def event_dedup_key(event: PipelineEvent, *, service: Service, run: RunInfo, details: dict[str, Any]) -> str:
+def event_dedup_key(
+    event: PipelineEvent, *, service: Service | str, run: RunInfo, details: dict[str, Any]
+) -> str:
     """The PagerDuty dedup key of ``event`` in this run (tries and retried tasks share it).
 
     ``rollback_succeeded`` resolves the production failure of the run that paged:
@@ -95,187 +160,294 @@ def event_dedup_key(event: PipelineEvent, *, service: Service, run: RunInfo, det
     rollback run by hand from another DAG.
     """
     event = PipelineEvent(event)
+    name = service if isinstance(service, str) else service.name
     if event.family == PRODUCTION_FAILURE:
         return dedup_key(
-            service=service.name,
+            service=name,
             environment="production",
             dag_id=str(details.get("incident_dag_id") or run.dag_id),
             run_id=str(details.get("incident_run_id") or run.run_id),
             family=PRODUCTION_FAILURE,
         )
     return dedup_key(
-        service=service.name,
-        environment=str(details.get("environment") or event.default_environment),
+        service=name,
+        environment=str(details.get("environment") or event.default_environment or "pipeline"),
         dag_id=run.dag_id,
         run_id=run.run_id,
         family=event.family,
     )
 
 
-def _notifier(destination: Destination, *, message: EventMessage, key: str | None) -> BaseNotifier:
-    from delivery.notify.providers import PlainPagerdutyNotifier, PlainSlackNotifier, PlainSmtpNotifier
-
-    if destination.kind is DestinationKind.SLACK:
-        return PlainSlackNotifier(
-            slack_conn_id=destination.conn_id,
-            channel=destination.target,
-            text=message.slack_text(),
-            username=SLACK_USERNAME,
-            unfurl_links=False,
-        )
-    if destination.kind is DestinationKind.EMAIL:
-        return PlainSmtpNotifier(
-            to=destination.target,
-            subject=message.email_subject(),
-            html_content=message.email_html(),
-            smtp_conn_id=destination.conn_id,
-        )
-    fields = message.pagerduty_event()
-    if destination.action == "resolve":
-        fields["summary"] = f"{message.service}: {message.headline}"
-    return PlainPagerdutyNotifier(
-        pagerduty_events_conn_id=destination.conn_id,
-        action=destination.action,
-        dedup_key=key,
-        **fields,
-    )
+# -- sending ---------------------------------------------------------------------------
 
 
-def deliver(
-    notifier: BaseNotifier,
-    *,
+def _transient(exc: BaseException) -> bool:
+    from delivery.notify.providers import SendFailed  # provider clients: kept out of DAG parsing
+
+    return isinstance(exc, SendFailed) and exc.transient
+
+
+def _error_text(exc: BaseException) -> str:
+    from delivery.notify.providers import SendFailed  # provider clients: kept out of DAG parsing
+
+    text = str(exc) if isinstance(exc, SendFailed) else f"{type(exc).__name__}: {exc}"
+    return redact(text)[:500]
+
+
+class _StopBefore(stop_base):
+    """Stop when the next try could not start (after its backoff) before ``deadline`` (monotonic)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return time.monotonic() + retry_state.upcoming_sleep + MIN_REQUEST_S > self.deadline
+
+
+def _deliver_one(
+    provider: Provider,
     destination: Destination,
-    context: Any,
-    attempts: int = 3,
-    backoff_s: float = 1.0,
+    message: EventMessage,
+    *,
+    key: str | None,
+    policy: RetryPolicy,
+    deadline: float,
 ) -> Delivery:
-    """One destination, with retries and exponential backoff. Never raises."""
-    error = "not attempted"
-    for attempt in range(1, attempts + 1):
-        try:
-            notifier.notify(context)
-            return Delivery(destination=destination, delivered=True, attempts=attempt)
-        except Exception as exc:
-            error = redact(f"{type(exc).__name__}: {exc}")[:500]
-            if "isn't defined" in str(exc):  # AirflowNotFoundException: no connection, retrying cannot help
-                log.warning("Notification to %s skipped: %s", destination, error)
-                return Delivery(destination=destination, delivered=False, attempts=attempt, error=error)
-            if attempt == attempts:
-                break
-            delay = backoff_s * 2 ** (attempt - 1)
-            log.warning(
-                "Notification to %s failed (attempt %d), retrying in %.1fs: %s",
-                destination,
-                attempt,
-                delay,
-                error,
-            )
-            time.sleep(delay)
-    log.error(
-        "Notification to %s failed after %d attempts; the pipeline's result is unchanged: %s",
-        destination,
-        attempts,
-        error,
+    """One destination under the retry policy, until ``deadline`` (monotonic). Never raises."""
+    attempts = 0
+
+    def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        timeout = min(policy.request_timeout_s, deadline - time.monotonic())
+        provider.send(destination, message, dedup_key=key, timeout_s=timeout)
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "Notification to %s failed (attempt %d), retrying in %.1fs: %s",
+            destination,
+            state.attempt_number,
+            state.upcoming_sleep,
+            _error_text(error) if error else "?",
+        )
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.attempts) | _StopBefore(deadline),
+        wait=tenacity.wait_exponential(multiplier=policy.backoff_s, min=0, max=policy.deadline_s),
+        retry=tenacity.retry_if_exception(_transient),
+        before_sleep=log_retry,
+        sleep=time.sleep,
+        reraise=True,
     )
-    return Delivery(destination=destination, delivered=False, attempts=attempts, error=error)
+    try:
+        retrying(attempt)
+    except Exception as exc:
+        error = _error_text(exc)
+        log.error(
+            "Notification to %s failed after %d attempt(s); the pipeline's result is unchanged: %s",
+            destination,
+            attempts,
+            error,
+        )
+        return Delivery(destination=destination, status=DeliveryStatus.FAILED, attempts=attempts, error=error)
+    return Delivery(destination=destination, status=DeliveryStatus.DELIVERED, attempts=attempts)
+
+
+def _prepare(
+    destination: Destination,
+    *,
+    providers: Mapping[Any, Provider],
+    marks: SentMarks | None,
+    mark_key: str | None,
+) -> Delivery | Provider:
+    """The provider to send with, or the delivery's final state (no provider, not configured, sent)."""
+    from delivery.notify.providers import NotConfigured  # provider clients: kept out of DAG parsing
+
+    provider = providers.get(destination.kind)
+    if provider is None:
+        return Delivery(destination=destination, status=DeliveryStatus.FAILED, error="no provider for it")
+    if marks is not None and mark_key and marks.seen(f"{mark_key}|{destination}"):
+        log.info("Notification to %s already sent for %s: not sent again", destination, mark_key)
+        return Delivery(destination=destination, status=DeliveryStatus.ALREADY_SENT)
+    try:
+        provider.check(destination)
+    except NotConfigured as exc:
+        log.warning("Notification to %s not sent: not configured (%s)", destination, exc)
+        return Delivery(destination=destination, status=DeliveryStatus.NOT_CONFIGURED, error=str(exc))
+    except Exception as exc:  # a broken secrets backend must not fail the task either
+        return Delivery(destination=destination, status=DeliveryStatus.FAILED, error=_error_text(exc))
+    return provider
+
+
+def send_message(
+    message: EventMessage,
+    destinations: list[Destination],
+    *,
+    key: str | None = None,
+    policy: RetryPolicy = RETRY_POLICY,
+    deadline_s: float | None = None,
+    providers: Mapping[Any, Provider] | None = None,
+    marks: SentMarks | None = None,
+    mark_key: str | None = None,
+) -> list[Delivery]:
+    """Send ``message`` to every destination, in parallel, within the deadline. Never raises.
+
+    ``marks``/``mark_key``: skip destinations that already had the message for ``mark_key``,
+    and mark the ones that accept it now.
+    """
+    if providers is None:
+        from delivery.notify.providers import PROVIDERS  # provider clients: kept out of DAG parsing
+
+        providers = PROVIDERS
+    budget = policy.deadline_s if deadline_s is None else min(deadline_s, policy.deadline_s)
+    deadline = time.monotonic() + budget
+    results: list[Delivery | None] = []
+    threads: list[threading.Thread] = []
+    for index, destination in enumerate(destinations):
+        ready = _prepare(destination, providers=providers, marks=marks, mark_key=mark_key)
+        results.append(ready if isinstance(ready, Delivery) else None)
+        if isinstance(ready, Delivery):
+            continue
+
+        def run(
+            index: int = index, destination: Destination = destination, provider: Provider = ready
+        ) -> None:
+            results[index] = _deliver_one(
+                provider, destination, message, key=key, policy=policy, deadline=deadline
+            )
+
+        thread = threading.Thread(target=run, name=f"notify-{destination.kind.value}", daemon=True)
+        threads.append(thread)
+        thread.start()
+    give_up_at = deadline + 1.0  # a last request may run up to a second past the deadline (whole seconds)
+    for thread in threads:
+        thread.join(timeout=max(0.0, give_up_at - time.monotonic()))
+    deliveries = []
+    for destination, result in zip(destinations, results, strict=True):
+        if result is None:  # still waiting on a request past its timeout
+            log.error("Notification to %s got no answer within %.0fs: given up", destination, budget)
+            deliveries.append(
+                Delivery(destination=destination, status=DeliveryStatus.FAILED, error="no answer in time")
+            )
+            continue
+        if result.status is DeliveryStatus.DELIVERED and marks is not None and mark_key:
+            marks.mark(f"{mark_key}|{destination}")
+        deliveries.append(result)
+    return deliveries
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Prepared:
+    message: EventMessage
+    destinations: list[Destination]
+    key: str | None
+
+
+def _prepare_event(
+    event: PipelineEvent,
+    *,
+    catalog: Catalog | None,
+    service_name: str | None,
+    subject: str | None,
+    context: Any,
+    details: dict[str, Any],
+    slack_conn_id: str | None,
+    failed_task: bool,
+) -> _Prepared:
+    if catalog is None:
+        from delivery.runtime import catalog as load  # the bottom floor, only where it runs
+
+        catalog = load()
+    svc = catalog.service(service_name) if service_name else None
+    name = svc.name if svc is not None else (subject or "delivery")
+    run = RunInfo.from_context(context, default_dag_id=svc.dag_id if svc is not None else name)
+    message = build_message(
+        event,
+        service=svc,
+        subject=name,
+        base_url=catalog.platform.airflow_base_url,
+        run=run,
+        details=details,
+        failed_task=failed_task,
+    )
+    destinations = route(event, service=svc, platform=catalog.platform, slack_conn_id=slack_conn_id)
+    key = event_dedup_key(event, service=name, run=run, details=details)
+    return _Prepared(message=message, destinations=destinations, key=key)
 
 
 def notify_event(
     event: PipelineEvent | str,
     *,
-    service_name: str,
+    service_name: str | None,
     context: Any,
     details: dict[str, Any] | None = None,
     catalog: Catalog | None = None,
+    subject: str | None = None,
     slack_conn_id: str | None = None,
-    attempts: int = 3,
-    backoff_s: float = 1.0,
+    failed_task: bool = False,
+    policy: RetryPolicy = RETRY_POLICY,
+    deadline_s: float | None = None,
+    providers: Mapping[Any, Provider] | None = None,
+    marks: SentMarks | None = None,
+    mark_key: str | None = None,
 ) -> NotifyReport:
-    """Send ``event`` of ``service_name`` to every destination of its severity. Never raises."""
+    """Send ``event`` of ``service_name`` to every destination of its severity. Never raises.
+
+    ``service_name=None``: an event about something that is not a service (``subject``,
+    a git poller for example), routed by the platform's defaults.
+    """
     try:
         event = PipelineEvent(event)
     except ValueError:
         log.error("Unknown pipeline event %r: nothing sent", event)
-        return NotifyReport(event=PipelineEvent.DEPLOY_SUCCEEDED, severity="?", service=service_name)
+        return NotifyReport(event=None, severity="?", service=service_name or subject or "?")
     details = dict(details or {})
-    report = NotifyReport(event=event, severity=event.severity.value, service=service_name)
+    report = NotifyReport(event=event, severity=event.severity.value, service=service_name or subject or "?")
     try:
-        if catalog is None:
-            from delivery.runtime import catalog as load
-
-            catalog = load()
-        svc = catalog.service(service_name)
-        platform = catalog.platform
-        run = RunInfo.from_context(context, default_dag_id=svc.dag_id)
-        message = build_message(
-            event, service=svc, base_url=platform.airflow_base_url, run=run, details=details
-        )
-        destinations = route(
+        prepared = _prepare_event(
             event,
-            service=svc,
-            platform=platform,
-            slack_conn_id=slack_conn_id or platform.connections.slack_api,
+            catalog=catalog,
+            service_name=service_name,
+            subject=subject,
+            context=context,
+            details=details,
+            slack_conn_id=slack_conn_id,
+            failed_task=failed_task,
         )
-        if any(d.kind is DestinationKind.PAGERDUTY for d in destinations):
-            report.dedup_key = event_dedup_key(event, service=svc, run=run, details=details)
+        if any(d.kind is DestinationKind.PAGERDUTY for d in prepared.destinations):
+            report.dedup_key = prepared.key
+        report.deliveries = send_message(
+            prepared.message,
+            prepared.destinations,
+            key=prepared.key,
+            policy=policy,
+            deadline_s=deadline_s,
+            providers=providers,
+            marks=marks,
+            mark_key=mark_key,
+        )
     except Exception as exc:  # a broken catalog must not fail the task either
-        error = redact(f"{type(exc).__name__}: {exc}")[:500]
-        log.error("Could not prepare the %s notification of %s: %s", event.value, service_name, error)
-        report.deliveries.append(
-            Delivery(
-                destination=Destination(kind=DestinationKind.SLACK, target="(routing)", conn_id=""),
-                delivered=False,
-                attempts=0,
-                error=error,
-            )
-        )
-        _record(context, report)
-        return report
-    for destination in destinations:
-        try:
-            notifier = _notifier(destination, message=message, key=report.dedup_key)
-        except Exception as exc:
-            error = redact(f"{type(exc).__name__}: {exc}")[:500]
-            log.error("Notification to %s could not be prepared: %s", destination, error)
-            report.deliveries.append(
-                Delivery(destination=destination, delivered=False, attempts=0, error=error)
-            )
-            continue
-        report.deliveries.append(
-            deliver(
-                notifier, destination=destination, context=context, attempts=attempts, backoff_s=backoff_s
-            )
-        )
+        error = _error_text(exc)
+        log.error("Could not send the %s notification of %s: %s", event.value, report.service, error)
+        routing = Destination(kind=DestinationKind.SLACK, target="(routing)", conn_id="")
+        report.deliveries.append(Delivery(destination=routing, status=DeliveryStatus.FAILED, error=error))
     log.info(
-        "%s %s of %s: delivered to %d of %d destinations",
+        "%s %s of %s: %s",
         event.severity.value,
         event.value,
-        service_name,
-        sum(d.delivered for d in report.deliveries),
-        len(report.deliveries),
+        report.service,
+        ", ".join(f"{d.destination} {d.status.value}" for d in report.deliveries) or "no destination",
     )
-    _record(context, report)
     return report
 
 
-def _record(context: Any, report: NotifyReport) -> None:
-    """Keep the failures visible on the task (XCom ``notification_errors``) without raising."""
-    if report.ok:
-        return
-    try:
-        ti = context.get("ti")
-        if ti is not None:
-            ti.xcom_push(key=XCOM_ERRORS_KEY, value=report.errors)
-    except Exception:  # the task may already be finished; the log has it
-        log.debug("could not record the notification failures", exc_info=True)
-
-
 class PipelineEventNotifier(BaseNotifier):
-    """:func:`notify_event` as a notifier: for ``HITLOperator(notifiers=...)`` or task callbacks.
+    """:func:`notify_event` as a notifier, for ``HITLOperator(notifiers=...)``.
 
     ``PipelineEventNotifier(event=PipelineEvent.APPROVAL_REQUESTED, service_name="visiobook-api")``
     in the approval operator's ``notifiers`` posts the *Required actions* link when the
-    approval is created. Never raises.
+    approval is created. Nothing is templated. Never raises.
     """
 
     template_fields = ()
@@ -289,8 +461,4 @@ class PipelineEventNotifier(BaseNotifier):
         self.details = dict(details or {})
 
     def notify(self, context: Any) -> None:
-        details = dict(self.details)
-        exception = context.get("exception") if hasattr(context, "get") else None
-        if exception is not None and "error" not in details:
-            details["error"] = str(exception)
-        notify_event(self.event, service_name=self.service_name, context=context, details=details)
+        notify_event(self.event, service_name=self.service_name, context=context, details=self.details)

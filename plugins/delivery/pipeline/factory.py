@@ -25,8 +25,7 @@ from delivery.catalog.toolchains import ResolvedStage, resolve_stages
 from delivery.gpu.health import GpuServiceHealthOperator
 from delivery.integrations.health import HealthCheckSensor
 from delivery.integrations.sonarqube import SonarQualityGateOperator
-from delivery.notify import PipelineEvent, PipelineEventNotifier
-from delivery.notify.failure import slack_failure_notifier
+from delivery.notify import PipelineEvent, PipelineEventNotifier, TaskFailureNotifier
 from delivery.pipeline import task_ids as ids
 from delivery.pipeline.contract import TEMPLATE_FILTERS
 from delivery.pipeline.gates import ProductionApproval, RollbackGate, TrustGate
@@ -166,7 +165,8 @@ class DagFactory:
             # the steps' own failures (PipelineError, a failing command) are final.
             "retries": 1,
             "retry_delay": timedelta(seconds=15),
-            "on_failure_callback": [slack_failure_notifier(slack_conn_id=self.platform.connections.slack)],
+            # Every task's failure is a `task_failed` event (a severity event for some steps, below).
+            "on_failure_callback": [TaskFailureNotifier(service_name=service.name)],
         }
         return DAG(
             start_date=datetime(2026, 1, 1),
@@ -468,13 +468,15 @@ def _callbacks(existing: Any) -> list[Any]:
 
 
 def _add_failure_event(task: BaseOperator, step: Step, service: Service) -> None:
+    """A step with a severity event reports its failure as that event, instead of ``task_failed``.
+
+    One failure, one event: the ``task_failed`` notifier is replaced, not joined.
+    """
     event = failure_event(step)
-    if event is None or task.on_failure_callback is None:
+    if event is None or not task.on_failure_callback:
         return
-    task.on_failure_callback = [
-        *_callbacks(task.on_failure_callback),
-        PipelineEventNotifier(event=event, service_name=service.name),
-    ]
+    kept = [cb for cb in _callbacks(task.on_failure_callback) if not isinstance(cb, TaskFailureNotifier)]
+    task.on_failure_callback = [*kept, TaskFailureNotifier(service_name=service.name, event=event)]
 
 
 def build_dags(catalog: Catalog) -> dict[str, DAG]:

@@ -13,7 +13,6 @@ from typing import Any
 
 from delivery.gitops import GitOpsError
 from delivery.notify import PipelineEvent, notify_event
-from delivery.notify.failure import send_slack
 from delivery.pipeline import task_ids as ids
 from delivery.profiles import active_profile
 from delivery.reporting import metrics
@@ -81,13 +80,23 @@ def describe_rollback(states: dict[str, str]) -> tuple[str, str]:
     return "incomplete", "the rollback did not finish"
 
 
-_OUTCOME_EVENTS = {
+_PIPELINE_SUMMARY = {
     "deployed": PipelineEvent.DEPLOY_SUCCEEDED,
     "rolled_back": PipelineEvent.ROLLBACK_SUCCEEDED,  # also resolves the PagerDuty incident
     "rollback_aborted": PipelineEvent.ROLLBACK_ABORTED,
-    "aborted": PipelineEvent.ROLLBACK_ABORTED,
-    "rollback_failed": PipelineEvent.ROLLBACK_FAILED,
 }
+"""The summary event of a delivery run; any other outcome is ``run_finished``.
+
+A failed rollback is told by the failing rollback task itself (``rollback_failed``, P1):
+its run's summary is a ``run_finished``, so the P1 is not posted twice.
+"""
+
+_ROLLBACK_SUMMARY = {
+    "rolled_back": PipelineEvent.ROLLBACK_SUCCEEDED,
+    "aborted": PipelineEvent.ROLLBACK_ABORTED,
+    "rollback_failed": PipelineEvent.ROLLBACK_FAILED,  # the rollback DAG's tasks send task_failed only
+}
+"""The summary event of a rollback DAG run; any other outcome is ``run_finished``."""
 
 
 def _approval_timed_out(context: dict[str, Any]) -> bool:
@@ -98,24 +107,33 @@ def _approval_timed_out(context: dict[str, Any]) -> bool:
 
 
 def _pipeline_events(outcome: str, context: dict[str, Any]) -> list[PipelineEvent]:
-    """End-of-run events of seed flow 5 (task failures are sent by the failing tasks' callbacks)."""
-    events = [_OUTCOME_EVENTS[outcome]] if outcome in _OUTCOME_EVENTS and outcome != "rollback_failed" else []
+    """The run's summary event, then the seed flow 5 events no task failure reports."""
     if outcome == "rejected" and _approval_timed_out(context):
-        events.append(PipelineEvent.APPROVAL_TIMED_OUT)
+        events = [PipelineEvent.APPROVAL_TIMED_OUT]
+    else:
+        events = [_PIPELINE_SUMMARY.get(outcome, PipelineEvent.RUN_FINISHED)]
     verdict = context["ti"].xcom_pull(task_ids=ids.VERIFY)
     if isinstance(verdict, dict) and verdict.get("decision") == "hold":
         events.append(PipelineEvent.VERIFICATION_INCONCLUSIVE)
     return events
 
 
-def _rollback_details(context: dict[str, Any], sentence: str) -> dict[str, Any]:
+def _pipeline_details(context: dict[str, Any], outcome: str, sentence: str) -> dict[str, Any]:
+    src = context["ti"].xcom_pull(task_ids=ids.CHECKOUT) or {}
+    ref = src.get("ref") or (context.get("params") or {}).get("ref")
+    details = {"outcome": outcome, "summary": sentence, "ref": ref, "sha": src.get("sha")}
+    return {k: v for k, v in details.items() if v}
+
+
+def _rollback_details(context: dict[str, Any], outcome: str, sentence: str) -> dict[str, Any]:
     plan = context["ti"].xcom_pull(task_ids=ids.RB_IDENTIFY) or {}
     details = {
         "environment": plan.get("environment") or context["params"].get("environment") or "production",
         "reason": plan.get("reason") or context["params"].get("reason") or "",
         "from": (plan.get("current") or {}).get("image_tag") or "?",
         "to": (plan.get("target") or {}).get("image_tag") or "?",
-        "outcome": sentence,
+        "outcome": outcome,
+        "summary": sentence,
     }
     if plan.get("fingerprint"):
         details["alert_fingerprint"] = plan["fingerprint"]
@@ -123,37 +141,41 @@ def _rollback_details(context: dict[str, Any], sentence: str) -> dict[str, Any]:
 
 
 def notify_summary(*, service_name: str, mode: str = "pipeline", **context: Any) -> dict[str, Any]:
-    """The run's summary and its severity events. Never raises on delivery problems."""
+    """The run's summary, posted once as an event of the notification path. Never fails.
+
+    Returns the outcome and what became of each notification: ``notified`` (every
+    destination has it), ``not_configured`` (destinations without a connection) and
+    ``errors``. The run's result is given by ``notify.outcome``, whatever happens here.
+    """
+    try:
+        return _summarise(service_name=service_name, mode=mode, context=context)
+    except Exception as exc:  # a notification never changes the run's result
+        log.exception("The run's summary could not be sent")
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        return {"outcome": "unknown", "message": error, "events": [], "notified": False, "errors": [error]}
+
+
+def _summarise(*, service_name: str, mode: str, context: dict[str, Any]) -> dict[str, Any]:
     svc = service(service_name)
     states = task_states(context)
     if mode == "manual":
         outcome, sentence = describe_rollback(states)
-        event = _OUTCOME_EVENTS.get(outcome)
-        events = [event] if event else []
-        details = _rollback_details(context, sentence)
-        delivered = True
+        events = [_ROLLBACK_SUMMARY.get(outcome, PipelineEvent.RUN_FINISHED)]
+        details = _rollback_details(context, outcome, sentence)
         _record_metrics(svc.name, context, lambda: rollback_outcome(outcome, details))
     else:
         outcome, sentence = describe_outcome(states)
-        src = context["ti"].xcom_pull(task_ids=ids.CHECKOUT) or {}
-        icon = {
-            "deployed": ":white_check_mark:",
-            "rolled_back": ":rewind:",
-            "ci_passed": ":white_check_mark:",
-        }
-        text = f"{icon.get(outcome, ':warning:')} *{svc.name}* {src.get('sha', '')[:12]} run `{context['run_id']}`: {sentence}."
-        delivered = send_slack(slack_conn_id=catalog().platform.connections.slack, text=text, context=context)
         events = _pipeline_events(outcome, context)
-        details = {"outcome": outcome}
+        details = _pipeline_details(context, outcome, sentence)
         _record_metrics(svc.name, context, lambda: pipeline_outcome(states, outcome, context))
-    for event in events:
-        report = notify_event(event, service_name=svc.name, context=context, details=details)
-        delivered = delivered and report.ok
+    reports = [notify_event(e, service_name=svc.name, context=context, details=details) for e in events]
     return {
         "outcome": outcome,
         "message": sentence,
-        "notified": delivered,
         "events": [e.value for e in events],
+        "notified": all(r.ok for r in reports),
+        "not_configured": [d for r in reports for d in r.not_configured],
+        "errors": [e for r in reports for e in r.errors],
     }
 
 

@@ -7,7 +7,7 @@ import pytest
 from delivery.catalog import Service, load_catalog
 from delivery.catalog.models import RepoSpec
 from delivery.gitevents.routing import CONF_KEYS, GitEvent, normalize_repo_url, route, run_id_for
-from delivery.web.github import (
+from delivery.web.github_events import (
     PUSH_COMMITS_LIMIT,
     changed_files_from_commits,
     pull_request_event,

@@ -9,7 +9,6 @@ runs are created (queued) and inspected through the REST API, not executed.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 import requests
 
 from delivery.devenv.airflow_server import AirflowServer
+from tests.helpers import free_port
 from tests.web.support import SECRET, commit, encode, headers, make_catalog, make_repo, payload
 
 pytestmark = pytest.mark.e2e
@@ -29,12 +29,6 @@ WEB = "deliver_visiobook_demo_web"
 INFERENCE = "deliver_visiobook_inference"
 POLLER = "git_poll_visiobook_demo_web"
 MAX_BYTES = 256 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Env:

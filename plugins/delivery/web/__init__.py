@@ -1,6 +1,12 @@
-"""Inbound webhooks served by the delivery plugin app (see :mod:`delivery.web.app`).
+"""The delivery plugin's HTTP side, served by Airflow's api-server (see :mod:`delivery.web.app`).
 
-* :mod:`delivery.web.github`: signed Git events start delivery runs (``/delivery/webhooks/github``).
+* :mod:`delivery.web.github`: signed Git events start delivery runs (``/delivery/webhooks/github``);
+  :mod:`delivery.web.github_events` reads their payloads (dates, changed files).
+* :mod:`delivery.web.alertmanager`: firing alerts start rollbacks (``/delivery/alertmanager/webhook``).
+* :mod:`delivery.web.dora`: the DORA page (``/delivery/dora/``).
+* Shared by them: :mod:`delivery.web.inbound` (request checks: authentication first, size cap,
+  JSON), :mod:`delivery.web.runs` (creating a run exactly once), :mod:`delivery.web.cache`
+  (the one TTL cache: secrets, tokens, the catalog, reports).
 """
 
 from __future__ import annotations

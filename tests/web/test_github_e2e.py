@@ -104,6 +104,19 @@ def test_tag_pr_and_ping(env: Env) -> None:
     pr_conf = runs[pr["runs"][0]["run_id"]]["conf"]
     assert (pr_conf["event"], pr_conf["pipeline"], pr_conf["pr_number"]) == ("pull_request", "ci", 7)
     assert pr_conf["ref"] == "refs/pull/7/head" and pr_conf["author"] == "bob"
+    assert pr_conf["trusted"] is True and pr_conf["untrusted_reason"] == ""
+
+
+def test_a_fork_pull_request_creates_a_run_marked_untrusted(env: Env) -> None:
+    resp = env.post(payload("pull-request-first-time-contributor"), event="pull_request")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "triggered" and "FIRST_TIME_CONTRIBUTOR" in body["untrusted_reason"]
+    run = env.runs(WEB)[body["runs"][0]["run_id"]]
+    assert run["state"] == "queued"
+    assert run["conf"]["trusted"] is False
+    assert run["conf"]["untrusted_reason"] == body["untrusted_reason"]
+    assert run["conf"]["ref"] == "refs/pull/13/head" and run["conf"]["pipeline"] == "ci"
 
 
 def test_refusals_create_no_run(env: Env) -> None:

@@ -1,6 +1,6 @@
 """The GitHub receiver's answers, in process, against the test metadata DB: the runs it really creates.
 
-Signature, content type, size, age and replays; the
+Signature, content type, size, age, replays and untrusted pull requests; the
 secret is an Airflow connection from the environment (see ``conftest.py``).
 """
 
@@ -58,7 +58,7 @@ def test_push_to_main_creates_a_queued_full_run(client: TestClient, dag_id: str)
     resp = post(client, fresh_push())
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["status"] == "triggered"
+    assert body["status"] == "triggered" and "untrusted_reason" not in body
     (created,) = body["runs"]
     assert created["dag_id"] == dag_id and created["run_id"].startswith("git__push__")
     run = stored_runs(dag_id, [created["run_id"]])[created["run_id"]]
@@ -69,6 +69,7 @@ def test_push_to_main_creates_a_queued_full_run(client: TestClient, dag_id: str)
     )
     conf = run["conf"]
     assert (conf["pipeline"], conf["event"], conf["author"]) == ("full", "push", "alice")
+    assert conf["trusted"] is True and conf["untrusted_reason"] == ""
 
 
 def test_redelivery_is_a_duplicate(client: TestClient, dag_id: str) -> None:
@@ -155,7 +156,7 @@ def test_pull_request_ping_and_other_events(client: TestClient, dag_id: str) -> 
     pr = post(client, payload("pull-request-opened"), event="pull_request").json()
     assert pr["status"] == "triggered" and pr["runs"][0]["run_id"].startswith("git__pull_request__")
     conf = stored_runs(dag_id, [pr["runs"][0]["run_id"]])[pr["runs"][0]["run_id"]]["conf"]
-    assert (conf["pipeline"], conf["pr_number"]) == ("ci", 7)
+    assert (conf["pipeline"], conf["pr_number"], conf["trusted"]) == ("ci", 7, True)
     before = set(stored_runs(dag_id))
     closed = payload("pull-request-opened", action="closed")
     assert post(client, closed, event="pull_request").json()["status"] == "ignored"
@@ -164,6 +165,24 @@ def test_pull_request_ping_and_other_events(client: TestClient, dag_id: str) -> 
     issues = post(client, {"action": "opened"}, event="issues")
     assert issues.status_code == 202 and "issues" in issues.json()["reason"]
     assert set(stored_runs(dag_id)) == before
+
+
+@pytest.mark.parametrize("fixture", ["pull-request-fork", "pull-request-first-time-contributor"])
+def test_an_untrusted_pull_request_starts_a_ci_run_marked_untrusted(
+    client: TestClient, dag_id: str, fixture: str
+) -> None:
+    resp = post(client, payload(fixture), event="pull_request")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "triggered"
+    assert body["untrusted_reason"].startswith("pull request #1")  # #12 or #13
+    assert "fork" in body["untrusted_reason"]
+    run_id = body["runs"][0]["run_id"]
+    run = stored_runs(dag_id, [run_id])[run_id]
+    assert run["state"] == "queued"
+    assert run["conf"]["pipeline"] == "ci"
+    assert run["conf"]["trusted"] is False
+    assert run["conf"]["untrusted_reason"] == body["untrusted_reason"]
 
 
 def test_deleted_tag_starts_nothing(client: TestClient, dag_id: str) -> None:

@@ -78,6 +78,19 @@ def pipeline_params(service: Service, *, pipeline: str = "full") -> dict[str, Pa
         "event": Param(
             "manual", type="string", title="Event", description="manual, push, tag, pull_request, poll"
         ),
+        "trusted": Param(
+            True,
+            type="boolean",
+            title="Trusted code",
+            description="false (pull requests from a fork or an outside contributor): the run waits "
+            "for an approver before running the code, and its stages get no secrets.",
+        ),
+        "untrusted_reason": Param(
+            "",
+            type="string",
+            title="Why untrusted (Git events)",
+            description="Set by the webhook receiver when trusted is false.",
+        ),
     }
 
 

@@ -1,7 +1,7 @@
 """The delivery plugin's HTTP side, served by Airflow's api-server (see :mod:`delivery.web.app`).
 
 * :mod:`delivery.web.github`: signed Git events start delivery runs (``/delivery/webhooks/github``);
-  :mod:`delivery.web.github_events` reads their payloads (dates, changed files).
+  :mod:`delivery.web.github_events` reads their payloads (dates, changed files, untrusted pull requests).
 * :mod:`delivery.web.alertmanager`: firing alerts start rollbacks (``/delivery/alertmanager/webhook``).
 * :mod:`delivery.web.dora`: the DORA page (``/delivery/dora/``).
 * Shared by them: :mod:`delivery.web.inbound` (request checks: authentication first, size cap,

@@ -42,7 +42,15 @@ created (:mod:`delivery.web.runs`); the others answer ``duplicate``.
 ``X-GitHub-Delivery`` is not covered by the signature, so a captured body replayed
 under a new delivery id is stopped by the age window instead.
 
-Dates and changed files (monorepos) are described in
+**Untrusted pull requests.** A pull request from a fork, or whose author is not
+``OWNER``, ``MEMBER`` or ``COLLABORATOR`` of the repository
+(:func:`delivery.web.github_events.untrusted_reason`), starts the same ``ci`` run
+as any other, with ``conf.trusted = false`` and ``conf.untrusted_reason`` saying
+why; the answer carries ``untrusted_reason`` too. The pipeline runs nothing of
+that code until one of the service's approvers accepts it, and gives its stages no
+secrets. Every other event starts runs with ``trusted = true``.
+
+Dates, changed files (monorepos) and the trust rules are described in
 :mod:`delivery.web.github_events`.
 """
 
@@ -220,17 +228,20 @@ def handle_event(
         return reply(200, "ignored", "; ".join(routing.skipped), runs=[], skipped=routing.skipped)
     outcome = start_runs(routing.targets, run_id=run_id_for(event=event.kind, key=f"{body_digest}{delivery}"))
     log.info(
-        "webhook: %s: %d run(s) created, %d duplicate(s), %d error(s)",
+        "webhook: %s: %d run(s) created, %d duplicate(s), %d error(s)%s",
         what,
         len(outcome.created),
         len(outcome.duplicates),
         len(outcome.errors),
+        "" if event.trusted else "; untrusted: the runs wait for an approver",
     )
     extra: dict[str, Any] = {
         "runs": outcome.created,
         "duplicates": outcome.duplicates,
         "skipped": routing.skipped,
     }
+    if not event.trusted:
+        extra["untrusted_reason"] = event.untrusted_reason
     if outcome.errors:
         return reply(503, "error", "some runs could not be created", errors=outcome.errors, **extra)
     if not outcome.created:

@@ -10,6 +10,15 @@ When that list is missing, empty or possibly truncated (GitHub sends at most
 :data:`PUSH_COMMITS_LIMIT` commits), ``git diff --name-only before after`` is run
 when the catalog's repository URL is a local repository; otherwise every service
 whose branch filter matches gets a run (a build too many rather than one missed).
+
+**Untrusted pull requests.** A pull request runs the service's own build and test
+commands on code its author chose. :func:`untrusted_reason` says when that code
+must not run with the service's secrets before an approver has looked at it: the
+head repository is not the base repository (a fork, or a fork since deleted), or
+the author is not ``OWNER``, ``MEMBER`` or ``COLLABORATOR`` of the base repository
+(``pull_request.author_association``: ``CONTRIBUTOR``, ``FIRST_TIME_CONTRIBUTOR``,
+``FIRST_TIMER``, ``NONE``, ``MANNEQUIN``, or missing). Pushes and tags are made by
+people with write access to the repository and are trusted.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from delivery.gitevents.routing import ZERO_SHA, GitEvent
 from delivery.paths import git_url
 
 PUSH_COMMITS_LIMIT = 20
+TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
+"""``author_association`` values whose pull requests run CI without an approval."""
+REASON_MAX_CHARS = 300
 
 
 def parse_timestamp(value: object) -> datetime | None:
@@ -103,6 +115,48 @@ def push_event(payload: Mapping[str, Any]) -> GitEvent:
     )
 
 
+def _same_repository(head: Any, base: Any) -> bool:
+    if not isinstance(head, Mapping) or not isinstance(base, Mapping):
+        return False
+    if isinstance(head.get("id"), int) and isinstance(base.get("id"), int):
+        return bool(head["id"] == base["id"])  # ids survive renames and transfers
+    head_name, base_name = str(head.get("full_name") or ""), str(base.get("full_name") or "")
+    return bool(head_name) and head_name.lower() == base_name.lower()
+
+
+def untrusted_reason(payload: Mapping[str, Any]) -> str | None:
+    """Why a pull request's code must wait for an approver and run without secrets; ``None``: trusted.
+
+    See the module docstring for the rules. Anything missing counts against the pull
+    request (fail closed). Payloads other than pull requests are trusted.
+    """
+    if "pull_request" not in payload:
+        return None
+    pr = payload.get("pull_request")
+    if not isinstance(pr, Mapping):
+        return "the pull_request payload is not an object"
+    reasons: list[str] = []
+    head_repo, base_repo = dig(pr, "head", "repo"), dig(pr, "base", "repo")
+    base_name = str(dig(base_repo, "full_name") or "the base repository")
+    if head_repo is None:
+        reasons.append("its head repository no longer exists (a deleted fork)")
+    elif not _same_repository(head_repo, base_repo):
+        reasons.append(
+            f"it comes from the fork {str(dig(head_repo, 'full_name') or '?')!r}, not {base_name!r}"
+        )
+    association = str(pr.get("author_association") or "")
+    if association not in TRUSTED_ASSOCIATIONS:
+        author = str(dig(pr, "user", "login") or "?")
+        reasons.append(
+            f"its author {author!r} is {association or 'of unknown association'} to {base_name!r}, "
+            f"not {', '.join(TRUSTED_ASSOCIATIONS[:-1])} or {TRUSTED_ASSOCIATIONS[-1]}"
+        )
+    if not reasons:
+        return None
+    number = payload.get("number", pr.get("number"))
+    return f"pull request #{number}: {'; '.join(reasons)}"[:REASON_MAX_CHARS]
+
+
 def pull_request_event(payload: Mapping[str, Any]) -> GitEvent:
     pr = payload.get("pull_request") or {}
     number = payload.get("number", pr.get("number"))
@@ -121,6 +175,7 @@ def pull_request_event(payload: Mapping[str, Any]) -> GitEvent:
         pr_number=int(number) if isinstance(number, int) else None,
         base_branch=str(base.get("ref") or ""),
         compare_url=f"{html}/files" if html else "",
+        untrusted_reason=untrusted_reason(payload),
     )
 
 

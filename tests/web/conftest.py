@@ -63,6 +63,7 @@ def receiver_env(deployed_dags: dict[str, str], monkeypatch: pytest.MonkeyPatch)
     from delivery.web.cache import CATALOG
 
     monkeypatch.setenv("DELIVERY_CATALOG_DIR", str(CATALOG_DIR))
+    monkeypatch.setenv("DELIVERY_WEBHOOK_SWEEP_INTERVAL", "0")  # tests call inbox.sweep() themselves
     monkeypatch.setenv(
         "AIRFLOW_CONN_GITHUB_WEBHOOK", json.dumps({"conn_type": "generic", "password": SECRET})
     )

@@ -20,9 +20,10 @@ only then the JSON.
 =====  ==================================================================================
 code   when
 =====  ==================================================================================
-200    ``triggered`` (runs created), ``duplicate`` (a redelivery: every run already
-       exists), ``ignored`` (nothing to build: deleted ref, unknown repository, no
-       matching branch/tag/path, unhandled pull request action) or ``pong`` (ping)
+200    ``triggered`` (runs recorded; created right after the answer), ``duplicate``
+       (a redelivery: every run already exists or is recorded), ``ignored``
+       (nothing to build: deleted ref, unknown repository, no matching
+       branch/tag/path, unhandled pull request action) or ``pong`` (ping)
 202    an event type this receiver does not handle (the reason is in the body)
 400    content type other than ``application/json``, malformed JSON, missing
        ``X-GitHub-Event`` / ``X-GitHub-Delivery``
@@ -30,15 +31,23 @@ code   when
 413    body larger than ``DELIVERY_WEBHOOK_MAX_BYTES`` (default 5 MiB), checked on
        ``Content-Length`` and while streaming
 422    stale or undated delivery (older than ``DELIVERY_WEBHOOK_MAX_AGE``, default 1h)
-503    the secret is not configured, or a run could not be created (GitHub shows the
-       delivery as failed; redelivering it is safe, see below)
+503    the secret is not configured, a run's DAG is not deployed, or the delivery could
+       not be recorded (GitHub shows the delivery as failed; redelivering it is safe)
 =====  ==================================================================================
+
+**Recorded, then created.** A new delivery is answered once its runs are durably
+recorded in the metadata database; the runs are created right after the answer,
+by the request's background task, or by the sweeper of any api-server worker if
+that worker died first (:mod:`delivery.web.inbox`). Creating a run (the run and
+one row per task) is most of a delivery's cost; the answer does not wait for it.
 
 **Replays.** The dedup key is ``sha256(body) + X-GitHub-Delivery``; the run id is
 ``git__<event>__<first 16 hex of sha256(key)>`` in every DAG the event routes to.
-A redelivery (or a retry, or 20 concurrent copies) names the same runs, and the
-database's unique constraint on ``(dag_id, run_id)`` lets exactly one of them be
-created (:mod:`delivery.web.runs`); the others answer ``duplicate``.
+A redelivery (or a retry, or 20 concurrent copies) names the same runs: the
+inbox's primary key records each once, and the database's unique constraint on
+``(dag_id, run_id)`` lets exactly one creation win (:mod:`delivery.web.runs`);
+the others answer ``duplicate``. A redelivery of a delivery whose runs are still
+only recorded creates them.
 ``X-GitHub-Delivery`` is not covered by the signature, so a captured body replayed
 under a new delivery id is stopped by the age window instead.
 
@@ -68,11 +77,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from delivery.catalog.fields import parse_duration
 from delivery.gitevents.routing import GitEvent, Routing, Target, route, run_id_for, services_of
-from delivery.web import runs
+from delivery.web import inbox
 from delivery.web.cache import CATALOG, TtlValue
 from delivery.web.github_events import (
     event_timestamp,
@@ -158,23 +168,27 @@ SECRET: TtlValue[bytes | None] = TtlValue(loader=_load_secret, ttl=SECRET_TTL, m
 @dataclass(kw_only=True)
 class Outcome:
     created: list[dict[str, str]] = field(default_factory=list)
+    """Runs recorded by this delivery: created right after the answer."""
     duplicates: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    to_create: list[tuple[str, str]] = field(default_factory=list)
+    """(dag_id, run_id) recorded and not created yet: this request's background task creates them."""
 
 
 def start_runs(targets: list[Target], *, run_id: str) -> Outcome:
+    """Record the delivery's runs durably (:mod:`delivery.web.inbox`); say which are new."""
     outcome = Outcome()
-    for target in targets:
-        ident = {"dag_id": target.dag_id, "run_id": run_id}
-        try:
-            created = runs.create_run(
-                dag_id=target.dag_id, run_id=run_id, conf=target.conf, user=TRIGGERING_USER
-            )
-        except Exception as exc:
-            log.error("webhook: cannot create run %s of %s: %s", run_id, target.dag_id, type(exc).__name__)
-            outcome.errors.append(f"{target.dag_id}: {type(exc).__name__}: {str(exc)[:200]}")
+    accepted = inbox.accept(
+        targets=[(t.dag_id, t.conf) for t in targets], run_id=run_id, user=TRIGGERING_USER
+    )
+    for item in accepted:
+        ident = {"dag_id": item.dag_id, "run_id": item.run_id}
+        if item.status == "error":
+            outcome.errors.append(f"{item.dag_id}: {item.error}")
             continue
-        (outcome.created if created else outcome.duplicates).append(ident)
+        (outcome.created if item.status == "recorded" else outcome.duplicates).append(ident)
+        if item.status in ("recorded", "pending"):
+            outcome.to_create.append((item.dag_id, item.run_id))
     return outcome
 
 
@@ -226,9 +240,10 @@ def handle_event(
     if not routing.targets:
         log.info("webhook: %s starts nothing", what)
         return reply(200, "ignored", "; ".join(routing.skipped), runs=[], skipped=routing.skipped)
+    inbox.start_sweeper()
     outcome = start_runs(routing.targets, run_id=run_id_for(event=event.kind, key=f"{body_digest}{delivery}"))
     log.info(
-        "webhook: %s: %d run(s) created, %d duplicate(s), %d error(s)%s",
+        "webhook: %s: %d run(s) recorded, %d duplicate(s), %d error(s)%s",
         what,
         len(outcome.created),
         len(outcome.duplicates),
@@ -243,10 +258,14 @@ def handle_event(
     if not event.trusted:
         extra["untrusted_reason"] = event.untrusted_reason
     if outcome.errors:
-        return reply(503, "error", "some runs could not be created", errors=outcome.errors, **extra)
-    if not outcome.created:
-        return reply(200, "duplicate", "this delivery was already processed", **extra)
-    return reply(200, "triggered", **extra)
+        answer = reply(503, "error", "some runs could not be created", errors=outcome.errors, **extra)
+    elif not outcome.created:
+        answer = reply(200, "duplicate", "this delivery was already processed", **extra)
+    else:
+        answer = reply(200, "triggered", **extra)
+    if outcome.to_create:  # after the answer is sent
+        answer.background = BackgroundTask(inbox.deliver, outcome.to_create)
+    return answer
 
 
 # -- the route ------------------------------------------------------------------------

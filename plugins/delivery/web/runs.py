@@ -21,11 +21,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 LOCK_RETRIES = 8
+
+T = TypeVar("T")
 
 
 @functools.cache
@@ -82,6 +85,20 @@ def _create(*, dag_id: str, run_id: str, conf: dict[str, Any], user: str, note: 
         )
 
 
+def with_lock_retries(call: Callable[[], T]) -> T:
+    """``call()``, called again while SQLite answers "database is locked" (any other error is raised)."""
+    from sqlalchemy.exc import OperationalError  # with the ORM, see above
+
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return call()
+        except OperationalError as exc:
+            if "locked" not in str(exc).lower() or attempt == LOCK_RETRIES - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def create_run(*, dag_id: str, run_id: str, conf: dict[str, Any], user: str, note: str | None = None) -> bool:
     """Create one queued run; ``False`` when it exists already (the atomic dedup guard).
 
@@ -89,19 +106,12 @@ def create_run(*, dag_id: str, run_id: str, conf: dict[str, Any], user: str, not
     is retried; any other database error is raised.
     """
     from airflow.exceptions import DagRunAlreadyExists
-    from sqlalchemy.exc import IntegrityError, OperationalError  # with the ORM, see above
+    from sqlalchemy.exc import IntegrityError  # with the ORM, see above
 
-    if run_exists(dag_id=dag_id, run_id=run_id):
+    if with_lock_retries(lambda: run_exists(dag_id=dag_id, run_id=run_id)):
         return False
-    for attempt in range(LOCK_RETRIES):
-        try:
-            _create(dag_id=dag_id, run_id=run_id, conf=conf, user=user, note=note)
-        except (DagRunAlreadyExists, IntegrityError):
-            return False
-        except OperationalError as exc:
-            if "locked" not in str(exc).lower() or attempt == LOCK_RETRIES - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-            continue
-        return True
-    return False  # pragma: no cover - the loop returns or raises
+    try:
+        with_lock_retries(lambda: _create(dag_id=dag_id, run_id=run_id, conf=conf, user=user, note=note))
+    except (DagRunAlreadyExists, IntegrityError):
+        return False
+    return True

@@ -7,6 +7,8 @@
 * Shared by them: :mod:`delivery.web.inbound` (request checks: authentication first, size cap,
   JSON), :mod:`delivery.web.runs` (creating a run exactly once), :mod:`delivery.web.cache`
   (the one TTL cache: secrets, tokens, the catalog, reports).
+* :mod:`delivery.web.inbox`: GitHub deliveries recorded before they are answered, their runs
+  created right after (and by a sweeper if a worker dies in between).
 """
 
 from __future__ import annotations

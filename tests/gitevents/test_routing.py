@@ -7,7 +7,7 @@ import pytest
 from delivery.catalog import Service, load_catalog
 from delivery.catalog.models import RepoSpec
 from delivery.gitevents.routing import CONF_KEYS, GitEvent, normalize_repo_url, route, run_id_for
-from delivery.web.github import (
+from delivery.web.github_events import (
     PUSH_COMMITS_LIMIT,
     changed_files_from_commits,
     pull_request_event,
@@ -50,6 +50,8 @@ def test_push_to_the_release_branch_runs_the_full_pipeline(services: list[Servic
         "compare_url": "https://github.com/visiobook/visiobook-demo-web/compare/5d1c2a7e9f0b...9f3e2d1c0b4a",
         "event": "push",
         "reason": conf["reason"],
+        "trusted": True,
+        "untrusted_reason": "",
     }
     assert "alice" in conf["reason"]
 
@@ -91,6 +93,28 @@ def test_pull_request_runs_ci_on_the_pull_ref(services: list[Service]) -> None:
     assert conf["pipeline"] == "ci" and conf["event"] == "pull_request"
     assert conf["ref"] == "refs/pull/7/head" and conf["pr_number"] == 7 and conf["author"] == "bob"
     assert conf["sha"] == "e1d2c3b4a5968778695a4b3c2d1e0f1a2b3c4d5e"
+    assert conf["trusted"] is True and conf["untrusted_reason"] == ""  # a member's branch of the repository
+
+
+def test_an_untrusted_pull_request_starts_the_same_ci_run_marked_untrusted(services: list[Service]) -> None:
+    result = route(pull_request_event(payload("pull-request-first-time-contributor")), services)
+    (target,) = result.targets
+    conf = target.conf
+    assert (target.pipeline, conf["ref"], conf["pr_number"]) == ("ci", "refs/pull/13/head", 13)
+    assert conf["sha"] == "f1f2f3f4f5f6f7f8f9fafbfcfdfeff0001020304"
+    assert conf["trusted"] is False
+    assert conf["untrusted_reason"].startswith("pull request #13: it comes from the fork")
+    assert set(conf) == set(CONF_KEYS)
+
+
+def test_pushes_tags_and_polls_are_trusted(services: list[Service]) -> None:
+    for event in (
+        push_event(payload("push-main")),
+        push_event(payload("push-tag")),
+        GitEvent(kind="poll", repository="visiobook/visiobook-demo-web", ref="refs/heads/main", sha="c" * 40),
+    ):
+        (target,) = route(event, services).targets
+        assert target.conf["trusted"] is True and target.conf["untrusted_reason"] == ""
 
 
 def test_pull_request_into_an_unwatched_base_starts_nothing(services: list[Service]) -> None:

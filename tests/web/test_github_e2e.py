@@ -9,7 +9,6 @@ runs are created (queued) and inspected through the REST API, not executed.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 import requests
 
 from delivery.devenv.airflow_server import AirflowServer
+from tests.helpers import free_port
 from tests.web.support import SECRET, commit, encode, headers, make_catalog, make_repo, payload
 
 pytestmark = pytest.mark.e2e
@@ -29,12 +29,6 @@ WEB = "deliver_visiobook_demo_web"
 INFERENCE = "deliver_visiobook_inference"
 POLLER = "git_poll_visiobook_demo_web"
 MAX_BYTES = 256 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Env:
@@ -53,6 +47,16 @@ class Env:
         data = self.server.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 500})
         return {r["dag_run_id"]: r for r in data["dag_runs"]}
 
+    def wait_runs(self, dag_id: str, run_ids: set[str], *, timeout: float = 30) -> dict[str, dict[str, Any]]:
+        """The DAG's runs once ``run_ids`` all exist (the receiver creates them just after answering)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = self.runs(dag_id)
+            if run_ids <= set(runs) or time.monotonic() > deadline:
+                assert run_ids <= set(runs), f"runs not created: {sorted(run_ids - set(runs))}"
+                return runs
+            time.sleep(0.2)
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
@@ -69,6 +73,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "DELIVERY_WEBHOOK_MAX_BYTES": str(MAX_BYTES),
             "DELIVERY_POLL_INTERVAL": "2",
             "DELIVERY_POLL_TIMEOUT": "6",
+            "DELIVERY_WEBHOOK_SWEEP_INTERVAL": "1",
         },
     )
     server.start()
@@ -88,9 +93,9 @@ def test_push_to_main_creates_one_full_run(env: Env) -> None:
     assert body["status"] == "triggered"
     (created,) = body["runs"]
     assert created["dag_id"] == WEB
-    new = set(env.runs(WEB)) - before
-    assert new == {created["run_id"]}
-    run = env.runs(WEB)[created["run_id"]]
+    runs = env.wait_runs(WEB, {created["run_id"]})
+    assert set(runs) - before == {created["run_id"]}
+    run = runs[created["run_id"]]
     assert run["conf"]["pipeline"] == "full"
     assert run["conf"]["ref"] == "refs/heads/main"
     assert run["conf"]["sha"] == "9f3e2d1c0b4a59687766554433221100ffeeddcc"
@@ -104,12 +109,25 @@ def test_tag_pr_and_ping(env: Env) -> None:
     pr = env.post(payload("pull-request-opened"), event="pull_request").json()
     ping = env.post(payload("ping", fresh=False), event="ping")
     assert ping.status_code == 200 and ping.json()["status"] == "pong"
-    runs = env.runs(WEB)
+    runs = env.wait_runs(WEB, {tag["runs"][0]["run_id"], pr["runs"][0]["run_id"]})
     tag_conf = runs[tag["runs"][0]["run_id"]]["conf"]
     assert (tag_conf["event"], tag_conf["pipeline"], tag_conf["ref"]) == ("tag", "full", "refs/tags/v1.4.0")
     pr_conf = runs[pr["runs"][0]["run_id"]]["conf"]
     assert (pr_conf["event"], pr_conf["pipeline"], pr_conf["pr_number"]) == ("pull_request", "ci", 7)
     assert pr_conf["ref"] == "refs/pull/7/head" and pr_conf["author"] == "bob"
+    assert pr_conf["trusted"] is True and pr_conf["untrusted_reason"] == ""
+
+
+def test_a_fork_pull_request_creates_a_run_marked_untrusted(env: Env) -> None:
+    resp = env.post(payload("pull-request-first-time-contributor"), event="pull_request")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "triggered" and "FIRST_TIME_CONTRIBUTOR" in body["untrusted_reason"]
+    run = env.wait_runs(WEB, {body["runs"][0]["run_id"]})[body["runs"][0]["run_id"]]
+    assert run["state"] == "queued"
+    assert run["conf"]["trusted"] is False
+    assert run["conf"]["untrusted_reason"] == body["untrusted_reason"]
+    assert run["conf"]["ref"] == "refs/pull/13/head" and run["conf"]["pipeline"] == "ci"
 
 
 def test_refusals_create_no_run(env: Env) -> None:
@@ -141,10 +159,40 @@ def test_replayed_delivery_is_a_duplicate(env: Env) -> None:
     data = payload("push-main", after="cd" * 20)
     first = env.post(data, delivery="replay-1")
     assert first.json()["status"] == "triggered"
-    count = len(env.runs(WEB))
+    count = len(env.wait_runs(WEB, {first.json()["runs"][0]["run_id"]}))
     again = env.post(data, delivery="replay-1")
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert again.json()["duplicates"] == first.json()["runs"]
+    time.sleep(1)
     assert len(env.runs(WEB)) == count
+
+
+def test_a_recorded_delivery_whose_worker_died_is_created_by_a_sweeper(env: Env) -> None:
+    """The state an api-server worker leaves when it dies between its answer and the run's creation."""
+    from sqlalchemy import create_engine, insert
+
+    from delivery.web.inbox import TABLE
+
+    run_id = f"git__push__{uuid.uuid4().hex[:16]}"
+    conf = {"ref": "refs/heads/main", "sha": "ef" * 20, "pipeline": "full", "event": "push", "reason": "test"}
+    engine = create_engine(env.server.database_url())
+    try:
+        TABLE.create(engine, checkfirst=True)
+        with engine.begin() as conn:
+            conn.execute(
+                insert(TABLE).values(
+                    dag_id=WEB,
+                    run_id=run_id,
+                    conf=json.dumps(conf),
+                    triggering_user="github-webhook",
+                    received=time.time() - 60,
+                    attempts=0,
+                )
+            )
+    finally:
+        engine.dispose()
+    run = env.wait_runs(WEB, {run_id}, timeout=30)[run_id]  # sweep interval 1 s in this Airflow
+    assert run["conf"]["sha"] == "ef" * 20 and run["state"] == "queued"
 
 
 def test_fifty_parallel_deliveries_with_duplicates(env: Env) -> None:
@@ -155,20 +203,22 @@ def test_fifty_parallel_deliveries_with_duplicates(env: Env) -> None:
         distinct.append((encode(data), f"parallel-{uuid.uuid4()}"))
     jobs = [d for d in distinct for _ in range(5)]  # 50 requests, each delivery 5 times
 
-    def send(job: tuple[bytes, str]) -> tuple[int, str]:
+    def send(job: tuple[bytes, str]) -> tuple[int, str, list[str]]:
         resp = env.post(job[0], delivery=job[1])
-        return resp.status_code, resp.json()["status"]
+        body = resp.json()
+        return resp.status_code, body["status"], [r["run_id"] for r in body.get("runs", [])]
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(send, jobs))
     elapsed = time.monotonic() - started
-    assert all(code == 200 for code, _ in results), results
-    statuses = [s for _, s in results]
+    assert all(code == 200 for code, _, _ in results), results
+    statuses = [s for _, s, _ in results]
     assert statuses.count("triggered") == 10 and statuses.count("duplicate") == 40
-    new = set(env.runs(WEB)) - before
+    runs = env.wait_runs(WEB, {run_id for _, _, ids in results for run_id in ids})
+    new = set(runs) - before
     assert len(new) == 10
-    shas = {env.runs(WEB)[r]["conf"]["sha"] for r in new}
+    shas = {runs[r]["conf"]["sha"] for r in new}
     assert shas == {f"{i + 1:02x}" * 20 for i in range(10)}
     assert elapsed < 30
 

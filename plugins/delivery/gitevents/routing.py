@@ -11,7 +11,11 @@ clone URL), and each service filters the event with its ``repo`` settings:
   (a monorepo); when they are not known (``changed_files=None``) every matching
   service runs;
 * a **pull request** whose *base* branch matches starts ``ci`` (validate, build and
-  test) on ``refs/pull/<n>/head`` at the head sha;
+  test) on ``refs/pull/<n>/head`` at the head sha; an untrusted one (a fork, or an
+  author who is not owner, member or collaborator: see
+  :func:`delivery.web.github_events.untrusted_reason`) starts the same run with
+  ``trusted: false`` and the reason in ``untrusted_reason``: the pipeline then waits
+  for an approver before running its code, and gives it no secrets;
 * a **poll** (the polling fallback) is routed like a branch push;
 * a deleted branch or tag starts nothing.
 
@@ -45,6 +49,8 @@ CONF_KEYS = (
     "compare_url",
     "event",
     "reason",
+    "trusted",
+    "untrusted_reason",
 )
 
 
@@ -69,6 +75,12 @@ class GitEvent:
     deleted: bool = False
     changed_files: frozenset[str] | None = None
     """Files added, modified or removed; ``None`` when unknown."""
+    untrusted_reason: str | None = None
+    """Why the event's code must not run unapproved or with secrets; ``None`` when it is trusted."""
+
+    @property
+    def trusted(self) -> bool:
+        return self.untrusted_reason is None
 
     @property
     def branch(self) -> str | None:
@@ -159,6 +171,8 @@ def build_conf(event: GitEvent, *, pipeline: str) -> dict[str, Any]:
         "compare_url": event.compare_url,
         "event": event.kind,
         "reason": f"{what}{by} ({event.sha[:12]})",
+        "trusted": event.trusted,
+        "untrusted_reason": event.untrusted_reason or "",
     }
 
 

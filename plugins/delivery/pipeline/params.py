@@ -81,11 +81,16 @@ def pipeline_params(service: Service, *, pipeline: str = "full") -> dict[str, Pa
         "trusted": Param(
             True,
             type="boolean",
-            title="Trusted code (Git events)",
-            description="False for a fork's or an outside contributor's pull request: an approver must "
-            "let its CI run, and its stages get no secrets.",
+            title="Trusted code",
+            description="false (pull requests from a fork or an outside contributor): the run waits "
+            "for an approver before running the code, and its stages get no secrets.",
         ),
-        "untrusted_reason": Param("", type="string", title="Why the code is untrusted (Git events)"),
+        "untrusted_reason": Param(
+            "",
+            type="string",
+            title="Why untrusted (Git events)",
+            description="Set by the webhook receiver when trusted is false.",
+        ),
     }
 
 

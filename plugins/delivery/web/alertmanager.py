@@ -6,8 +6,16 @@ and starts the ``rollback_<service>`` DAG of each alert that asks for it.
 
 Authentication: ``Authorization: Bearer <token>``, compared in constant time
 with the password of the Airflow connection named by the catalog's
-``platform.connections.alertmanager_webhook`` (read at most once a minute).
-Anything else is answered 401. The token is never logged.
+``platform.connections.alertmanager_webhook`` (cached a minute by
+:mod:`delivery.web.cache`). The token is checked from the headers alone,
+before a byte of the body is read: an unauthenticated sender is answered 401
+whatever it sends, and its body is never read nor parsed. Then, as for the
+GitHub receiver (:mod:`delivery.web.inbound`): 413 above
+``DELIVERY_WEBHOOK_MAX_BYTES`` (by ``Content-Length``, then while streaming),
+400 for a content type other than ``application/json`` or a body that is not a
+JSON object, 422 for a JSON object that is not a webhook notification. A
+connection without a password answers 503 (Alertmanager retries 5xx answers).
+The token is never logged.
 
 Which alerts start a rollback, and why the others do not (each ignored alert
 is listed in the response with its reason):
@@ -29,22 +37,25 @@ unique constraint on (dag_id, run_id) of the metadata database is the atomic
 guard. A new occurrence of the same alert (it resolved, then fired again) has
 a new ``startsAt`` and may start a new rollback.
 
-The DAG is triggered with Airflow's own :func:`airflow.api.common.trigger_dag.trigger_dag`
-inside the api-server process (no subprocess, no HTTP round trip).
+The run is created inside the api-server process (no subprocess, no HTTP
+round trip) by :func:`delivery.web.runs.create_run`, as the GitHub receiver's are.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
-import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Header, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from delivery.web import runs
+from delivery.web.cache import CATALOG, TtlValue
+from delivery.web.inbound import Refused, check_bearer, max_body_bytes, parse_json_object, read_body, reply
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,7 @@ MISSING_TOKEN_CACHE_SECONDS = 5.0
 ENVIRONMENTS = ("production", "staging")
 TRIGGERING_USER = "alertmanager"
 ACTIVE_STATES = ("queued", "running")
+DEFAULT_CONN_ID = "alertmanager_webhook"
 
 
 # -- payload (tolerant: unknown fields are kept and ignored) -----------------------------
@@ -85,38 +97,13 @@ class WebhookBody(BaseModel):
 # -- authentication ---------------------------------------------------------------------
 
 
-class _TokenCache:
-    """The expected token, read from the Airflow connection at most once per TTL."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._value: str | None = None
-        self._expires = 0.0
-
-    def clear(self) -> None:
-        with self._lock:
-            self._value, self._expires = None, 0.0
-
-    def get(self) -> str | None:
-        now = time.monotonic()
-        with self._lock:
-            if now < self._expires:
-                return self._value
-        value = _read_token()
-        ttl = TOKEN_CACHE_SECONDS if value else MISSING_TOKEN_CACHE_SECONDS
-        with self._lock:
-            self._value, self._expires = value, now + ttl
-        return value
-
-
 def _conn_id() -> str:
-    from delivery.runtime import catalog
-
-    return catalog().platform.connections.alertmanager_webhook
+    catalog = CATALOG.get()
+    return catalog.platform.connections.alertmanager_webhook if catalog is not None else DEFAULT_CONN_ID
 
 
 def _read_token() -> str | None:
-    from airflow.models.connection import Connection
+    from airflow.models.connection import Connection  # Airflow's ORM: kept out of parse time
 
     conn_id = _conn_id()
     try:
@@ -131,24 +118,9 @@ def _read_token() -> str | None:
     return str(password)
 
 
-TOKENS = _TokenCache()
-
-
-def authenticate(authorization: str | None) -> None:
-    """401 unless ``authorization`` is ``Bearer <the connection's password>``."""
-    scheme, _, presented = (authorization or "").partition(" ")
-    expected = TOKENS.get()
-    ok = bool(
-        expected
-        and scheme.lower() == "bearer"
-        and hmac.compare_digest(presented.strip().encode(), expected.encode())
-    )
-    if not ok:
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="invalid or missing bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+TOKEN: TtlValue[str | None] = TtlValue(
+    loader=_read_token, ttl=TOKEN_CACHE_SECONDS, miss_ttl=MISSING_TOKEN_CACHE_SECONDS
+)
 
 
 # -- decisions (pure) -------------------------------------------------------------------
@@ -229,7 +201,7 @@ def triage(body: WebhookBody, *, services: set[str]) -> tuple[list[tuple[Alert, 
 
 
 def _active_run(dag_id: str) -> str | None:
-    from airflow.models.dagrun import DagRun
+    from airflow.models.dagrun import DagRun  # Airflow's ORM: kept out of parse time
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
@@ -239,91 +211,90 @@ def _active_run(dag_id: str) -> str | None:
         )
 
 
-def start_rollback(*, dag_id: str, run_id: str, conf: dict[str, Any]) -> tuple[bool, str]:
-    """(created, detail). False when a run with this id exists already (the DB constraint decides)."""
-    from airflow.api.common.trigger_dag import trigger_dag
-    from airflow.exceptions import DagRunAlreadyExists
-    from airflow.utils.types import DagRunTriggeredByType
-    from sqlalchemy.exc import IntegrityError
+def rollback_conf(alert: Alert, fingerprint: str) -> dict[str, Any]:
+    """The rollback run's conf: the keys of the rollback DAG's trigger form."""
+    return {
+        "reason": rollback_reason(alert),
+        "environment": alert.labels.get("environment") or "production",
+        "target_version": "",
+        "fingerprint": fingerprint,
+        "alert": dict(alert.labels),
+        "starts_at": _normalized_start(alert.startsAt),
+    }
 
+
+def _start_one(alert: Alert, service: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(the run started, None) or (None, why no run was started) for one accepted alert."""
+    from airflow.exceptions import DagNotFound  # with the ORM, see above
+
+    fp = fingerprint_of(alert)
+    dag_id = service.rollback_dag_id
+    run_id = rollback_run_id(service=service.name, fingerprint=fp, starts_at=alert.startsAt)
+    active = _active_run(dag_id)
+    if active == run_id:
+        return None, f"duplicate: rollback run {run_id} already exists"
+    if active is not None:
+        return None, f"a rollback of {service.name} is already in progress (run {active})"
+    conf = rollback_conf(alert, fp)
     try:
-        trigger_dag(
-            dag_id,
-            triggered_by=DagRunTriggeredByType.REST_API,
-            triggering_user_name=TRIGGERING_USER,
-            run_id=run_id,
-            conf=conf,
-            note=conf["reason"],
+        created = runs.create_run(
+            dag_id=dag_id, run_id=run_id, conf=conf, user=TRIGGERING_USER, note=conf["reason"]
         )
-    except DagRunAlreadyExists:
-        return False, "duplicate"
-    except IntegrityError:  # a concurrent copy of this notification inserted it first
-        return False, "duplicate"
-    return True, "created"
+    except DagNotFound:
+        return None, f"DAG {dag_id} is not deployed"
+    if not created:
+        return None, f"duplicate: rollback run {run_id} already exists"
+    log.warning(
+        "Alertmanager: started %s run %s for %s (alert %s, fingerprint %s)",
+        dag_id,
+        run_id,
+        service.name,
+        alert.labels.get("alertname"),
+        fp,
+    )
+    started = {"fingerprint": fp, "service": service.name, "dag_id": dag_id, "run_id": run_id}
+    return {**started, "environment": conf["environment"]}, None
 
 
-@router.post("/webhook")
-def alertmanager_webhook(
-    body: WebhookBody, authorization: str | None = Header(default=None)
-) -> dict[str, Any]:
-    """Start the rollback DAG of every eligible firing alert; say why the others were ignored."""
-    authenticate(authorization)
-    from airflow.exceptions import DagNotFound
+def handle_notification(body: WebhookBody) -> JSONResponse:
+    """Start the rollback DAG of every eligible firing alert; say why the others were ignored.
 
-    from delivery.runtime import catalog
-
-    cat = catalog()
-    accepted, ignored = triage(body, services=set(cat.services))
+    Everything after authentication (blocking: runs in a worker thread).
+    """
+    catalog = CATALOG.get()
+    if catalog is None:
+        return reply(503, "error", "the service catalog cannot be loaded")
+    accepted, ignored = triage(body, services=set(catalog.services))
     triggered: list[dict[str, Any]] = []
     for alert, service_name in accepted:
-        svc = cat.service(service_name)
-        fp = fingerprint_of(alert)
-        run_id = rollback_run_id(service=svc.name, fingerprint=fp, starts_at=alert.startsAt)
-        active = _active_run(svc.rollback_dag_id)
-        if active == run_id:
-            ignored.append({"fingerprint": fp, "reason": f"duplicate: rollback run {run_id} already exists"})
-            continue
-        if active is not None:
-            ignored.append(
-                {
-                    "fingerprint": fp,
-                    "reason": f"a rollback of {svc.name} is already in progress (run {active})",
-                }
-            )
-            continue
-        conf = {
-            "reason": rollback_reason(alert),
-            "environment": alert.labels.get("environment") or "production",
-            "target_version": "",
-            "fingerprint": fp,
-            "alert": dict(alert.labels),
-            "starts_at": _normalized_start(alert.startsAt),
-        }
-        try:
-            created, _ = start_rollback(dag_id=svc.rollback_dag_id, run_id=run_id, conf=conf)
-        except DagNotFound:
-            ignored.append({"fingerprint": fp, "reason": f"DAG {svc.rollback_dag_id} is not deployed"})
-            continue
-        if not created:
-            ignored.append({"fingerprint": fp, "reason": f"duplicate: rollback run {run_id} already exists"})
-            continue
-        log.warning(
-            "Alertmanager: started %s run %s for %s (alert %s, fingerprint %s)",
-            svc.rollback_dag_id,
-            run_id,
-            svc.name,
-            alert.labels.get("alertname"),
-            fp,
-        )
-        triggered.append(
-            {
-                "fingerprint": fp,
-                "service": svc.name,
-                "dag_id": svc.rollback_dag_id,
-                "run_id": run_id,
-                "environment": conf["environment"],
-            }
-        )
+        started, why_not = _start_one(alert, catalog.service(service_name))
+        if started is not None:
+            triggered.append(started)
+        else:
+            ignored.append({"fingerprint": fingerprint_of(alert), "reason": str(why_not)})
     for item in ignored:
         log.info("Alertmanager: ignored alert %s: %s", item["fingerprint"], item["reason"])
-    return {"triggered": triggered, "ignored": ignored}
+    return JSONResponse({"triggered": triggered, "ignored": ignored})
+
+
+def _notification(payload: dict[str, Any]) -> WebhookBody:
+    try:
+        return WebhookBody.model_validate(payload)
+    except ValidationError as exc:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors(include_input=False)[:5]
+        )
+        raise Refused(422, "error", f"not an Alertmanager webhook notification: {where}") from None
+
+
+@router.post("/webhook", summary="Alertmanager webhook (version 4): automatic rollbacks")
+async def alertmanager_webhook(request: Request) -> JSONResponse:
+    """Authenticate from the headers, then read (capped), parse and act on the notification."""
+    try:
+        expected = await run_in_threadpool(TOKEN.get)
+        check_bearer(request.headers.get("authorization"), expected, what="Alertmanager webhook")
+        body = _notification(parse_json_object(await read_body(request, limit=max_body_bytes())))
+    except Refused as refusal:
+        return refusal.response()
+    return await run_in_threadpool(handle_notification, body)

@@ -13,8 +13,6 @@ answer is ``401``.
 from __future__ import annotations
 
 import html
-import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -23,9 +21,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from delivery.reporting.dora import DoraReport, human_duration, load_report, parse_window
+from delivery.web.cache import TtlCache
 
 TOKEN_COOKIE = "_token"  # airflow.api_fastapi.auth.managers.base_auth_manager.COOKIE_NAME_JWT_TOKEN
 CACHE_TTL_S = 60.0
+CACHE_SIZE = 32
 
 ReportLoader = Callable[..., DoraReport]
 
@@ -50,21 +50,12 @@ async def require_user(request: Request) -> Any:
         ) from exc
 
 
-_cache: dict[tuple[str, str | None], tuple[float, DoraReport]] = {}
-_cache_lock = threading.Lock()
+REPORTS: TtlCache[DoraReport] = TtlCache(ttl=CACHE_TTL_S, maxsize=CACHE_SIZE)
+"""Reports by (window, service): a minute old at most, and a bounded number of them."""
 
 
 def _cached_load(*, since: datetime, until: datetime, service: str | None, window: str) -> DoraReport:
-    key = (window, service)
-    now = time.monotonic()
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit and now - hit[0] < CACHE_TTL_S:
-            return hit[1]
-    report = load_report(since=since, until=until, service=service)
-    with _cache_lock:
-        _cache[key] = (now, report)
-    return report
+    return REPORTS.get((window, service), lambda: load_report(since=since, until=until, service=service))
 
 
 def report_loader() -> ReportLoader:

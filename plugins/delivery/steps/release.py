@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from delivery.catalog import Service
-from delivery.gitops import GitOpsError, ReleaseMetadata
+from delivery.gitops import GitOpsError, GitOpsRepo, ReleaseMetadata
 from delivery.gitops.remote import commit_authors, is_ancestor
 from delivery.integrations.airflow_api import (
     SET_BY_HAND,
@@ -165,6 +165,19 @@ def record_verification(*, service_name: str, **context: Any) -> dict[str, Any]:
     return {"revision": release.revision, "image_tag": release.image_tag, "stable": True}
 
 
+def _same_desired_state(repo: GitOpsRepo, values_path: str, revision: str, current: str) -> bool:
+    """Whether ``revision`` holds the same values file as the current release (a commit step that
+    found nothing to change answers with the branch head, which may carry other files' changes)."""
+    if revision == current:
+        return True
+    try:
+        return repo.read_values(values_path=values_path, revision=revision) == repo.read_values(
+            values_path=values_path, revision=current
+        )
+    except GitOpsError:
+        return False
+
+
 def guard_sync(
     context: dict[str, Any],
     *,
@@ -187,8 +200,13 @@ def guard_sync(
         raise AirflowFailException(f"{service_name}: no environment {environment!r} to sync")
     commit = context["ti"].xcom_pull(task_ids=commit_task) or {}
     revision = str(commit.get("revision") or "")
-    current = gitops_repo().current(environment=environment, service=svc.name, values_path=env.values_path)
-    if current is None or not revision or current.revision != revision:
+    repo = gitops_repo()
+    current = repo.current(environment=environment, service=svc.name, values_path=env.values_path)
+    if (
+        current is None
+        or not revision
+        or not _same_desired_state(repo, env.values_path, revision, current.revision)
+    ):
         raise AirflowFailException(
             f"{svc.name} {environment}: refusing to apply GitOps revision {revision[:12] or '(none)'} from "
             f"{commit_task}: the environment's current release is "

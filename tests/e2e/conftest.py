@@ -87,14 +87,14 @@ class LocalStack:
 
 @pytest.fixture(scope="module")
 def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    from delivery.devenv.demo import make_gitops_repo, make_service_repo
+    from delivery.devenv.demo import assemble_service, make_gitops_repo, make_service_repo
     from tests.standins.slack_server import SlackStandIn
 
     root = tmp_path_factory.mktemp("stack")
     # A name of its own per session: containers, registry repos and DAGs never meet another run's.
     service = f"e2e-{uuid.uuid4().hex[:6]}-web"
     # The service repo: the demo web service under a test name.
-    shutil.copytree(PROJECT_ROOT / "include" / "services" / DEMO, root / "services-src" / service)
+    assemble_service(DEMO, root / "services-src" / service)
     bare, work = _service_repo(root, service)
     gitops = _gitops_repo(root, service)
     catalog_dir = root / "catalog"

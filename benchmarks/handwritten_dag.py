@@ -20,10 +20,10 @@ from airflow.providers.standard.operators.python import (
 from airflow.sdk import DAG, Param, TaskGroup
 from kubernetes.client import models as k8s
 
+from delivery.integrations.argocd.operator import ArgoCDSyncOperator
 from delivery.integrations.health import HealthCheckSensor
 from delivery.integrations.sonarqube import SonarQualityGateOperator
 from delivery.notify.failure import slack_failure_notifier
-from delivery.integrations.argocd.operator import ArgoCDSyncOperator
 from delivery.verification.operator import VerifyReleaseOperator
 
 SHA = "{{ ti.xcom_pull(task_ids='validate.checkout')['sha'] }}"

@@ -27,6 +27,7 @@ from typing import Any
 
 import requests
 
+from delivery.devenv.monitoring import airflow_env as monitoring_env
 from delivery.paths import PROJECT_ROOT
 
 
@@ -372,7 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--catalog", type=Path, default=PROJECT_ROOT / "include" / "catalog-local")
     args = parser.parse_args(argv)
-    server = AirflowServer(home=args.home, port=args.port, catalog_dir=args.catalog)
+    state = Path(os.environ.get("DELIVERY_STATE_DIR") or args.home.parent)
+    server = AirflowServer(
+        home=args.home,
+        port=args.port,
+        catalog_dir=args.catalog,
+        # Connections to the local Prometheus and the Alertmanager webhook's token, the Pushgateway
+        # as metrics backend: empty unless `delivery.devenv.monitoring start` ran for this state.
+        env=monitoring_env(state, args.catalog),
+    )
     if args.command == "stop":
         server.stop()
         print("Airflow stopped")

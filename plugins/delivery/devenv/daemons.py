@@ -114,8 +114,7 @@ class Daemon:
             outcome = "restarted"
         if self.port is not None and port_open(self.port):
             raise DaemonError(
-                f"{self.name}: port {self.port} on 127.0.0.1 is already in use by another process "
-                "(choose another port with its environment variable)"
+                f"{self.name}: port {self.port} on 127.0.0.1 is already in use by another process"
             )
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(

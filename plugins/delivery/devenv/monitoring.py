@@ -224,7 +224,8 @@ class MonitoringStack:
             try:
                 outcomes[name] = daemon.start(timeout=timeout)
             except DaemonError as err:
-                raise MonitoringError(str(err)) from err
+                hint = f" (another port: {name.upper()}_PORT)" if daemon.port else ""
+                raise MonitoringError(f"{err}{hint}") from err
         self.write_endpoints()
         return outcomes
 

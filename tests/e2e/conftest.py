@@ -2,7 +2,11 @@
 
 One Airflow per test module; the catalog is a copy of ``include/catalog-local``
 whose services point at bare repos made in a temporary folder, so the tests
-never touch a developer's ``.local``.
+never touch a developer's ``.local``. As with ``scripts/run-local.sh start``, the
+local monitoring (``delivery.devenv.monitoring``: Prometheus, Alertmanager, the
+Pushgateway, demo traffic) starts first, on free ports, and Airflow gets its
+connections: production verification is the catalog's PromQL analysis, and
+Alertmanager's rollback webhook reaches this Airflow.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import pytest
 import yaml
 
 from delivery.devenv.airflow_server import AirflowServer
+from delivery.devenv.monitoring import MonitoringStack, airflow_env
+from delivery.devenv.monitoring_config import AlertSinks, Ports
 from delivery.paths import PROJECT_ROOT
 
 DEMO = "visiobook-demo-web"
@@ -56,6 +62,7 @@ class LocalStack:
     catalog: dict  # type: ignore[type-arg]
     slack: object
     flaky_marker: Path
+    monitoring: MonitoringStack
     registry: str = "127.0.0.1:5000"
 
     def commit(self, message: str, files: dict[str, str], *, date: str | None = None) -> str:
@@ -118,15 +125,26 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     del make_gitops_repo, make_service_repo
 
     slack = SlackStandIn().start()
+    airflow_port = free_port()
+    monitoring = MonitoringStack(
+        state=root / "state",
+        catalog_dir=catalog_dir,
+        airflow_url=f"http://127.0.0.1:{airflow_port}",
+        ports=Ports(prometheus=free_port(), alertmanager=free_port(), pushgateway=free_port()),
+        sinks=AlertSinks(),
+        traffic_rps=4,
+    )
+    monitoring.start()
     airflow = AirflowServer(
         home=root / "airflow",
-        port=free_port(),
+        port=airflow_port,
         catalog_dir=catalog_dir,
         env={
             "AIRFLOW_CONN_SLACK_DELIVERY": json.dumps(
                 {"conn_type": "slackwebhook", "password": slack.webhook_url}
             ),
             "DELIVERY_CATALOG_STRICT": "1",
+            **airflow_env(root / "state", catalog_dir),
         },
     )
     airflow.start()
@@ -143,9 +161,11 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             catalog=data,
             slack=slack,
             flaky_marker=root / "flaky-armed",
+            monitoring=monitoring,
         )
     finally:
         airflow.destroy()
+        monitoring.stop()
         slack.stop()
         subprocess.run(
             ["docker", "rm", "-f", f"visiobook-{service}-staging", f"visiobook-{service}-production"],

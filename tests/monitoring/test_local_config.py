@@ -22,6 +22,7 @@ from delivery.devenv.monitoring import MonitoringStack, airflow_env, banner
 from delivery.devenv.monitoring_config import (
     LOCAL_RULES_DIR,
     SCRAPE_INTERVAL,
+    SERVICES_SCRAPE_INTERVAL,
     SHIPPED_ALERTMANAGER,
     AlertSinks,
     Ports,
@@ -120,6 +121,8 @@ def test_prometheus_scrapes_loopback_and_the_catalog_services(rendered: Monitori
     assert not re.fullmatch(keep, "e2e-123456-web")  # another catalog's containers on a shared engine
     targets = {r["target_label"] for r in services["relabel_configs"] if "target_label" in r}
     assert {"service", "environment", "__address__"} <= targets
+    # A new release is discovered and scraped within seconds: its first measurements have data.
+    assert services["scrape_interval"] == services["docker_sd_configs"][0]["refresh_interval"] == "2s"
 
 
 def test_airflow_metrics_are_scraped_when_an_exporter_is_named(
@@ -135,7 +138,7 @@ def test_airflow_metrics_are_scraped_when_an_exporter_is_named(
 
 def test_verification_windows_fit_the_scrape_interval() -> None:
     """Each window holds several scrapes, and each measurement sees new ones."""
-    scrape = parse_duration(SCRAPE_INTERVAL)
+    scrape = parse_duration(SERVICES_SCRAPE_INTERVAL)
     catalog, _ = load_catalog(LOCAL_CATALOG)
     for name, service in catalog.services.items():
         verify = service.environments.production.verify

@@ -3,8 +3,7 @@
 Pure functions over the shipped files in ``include/monitoring/``; they read the catalog's
 service names and write nothing but the files :func:`write_configs` is asked to write.
 
-**Prometheus** (scrape and evaluation every 5 s, so a 10 s analysis interval always sees
-fresh samples):
+**Prometheus** (scrape and rule evaluation every 5 s; the demo containers every 2 s):
 
 * ``visiobook-services``: the demo containers of every environment, found with Docker service
   discovery (the engine lists the running containers labelled ``io.visiobook.managed-by``;
@@ -12,7 +11,9 @@ fresh samples):
   ``io.visiobook.port``; its ``io.visiobook.service`` and ``io.visiobook.environment`` labels
   become the ``service`` and ``environment`` target labels the rules, the verification
   queries and the rollback webhook rely on. A container that stops leaves the targets: a
-  failed release is not scraped, a new one is scraped from its first seconds.
+  failed release is not scraped. Discovery and scrapes every 2 s: the verification starts
+  seconds after a release is healthy, and a rate needs two samples; with 5 s, the first two
+  measurements of a first deploy could both find no data (Inconclusive, a human's review).
 * ``delivery``: the ``delivery_*`` metrics, pushed by the pipelines to the local Pushgateway
   (``honor_labels``: the pushed ``job`` and ``service`` win).
 * ``prometheus``, ``alertmanager``: themselves.
@@ -55,6 +56,7 @@ LOCAL_RULES_DIR = MONITORING_DIR / "local" / "rules"
 ROLLBACK_RECEIVER = "delivery-rollback"
 WEBHOOK_PATH = "/delivery/alertmanager/webhook"
 SCRAPE_INTERVAL = "5s"
+SERVICES_SCRAPE_INTERVAL = "2s"  # the demo containers: see the module doc
 CONTAINER_LABEL = "__meta_docker_container_label_io_visiobook_"  # + service, environment, port
 MANAGED_BY = "io.visiobook.managed-by=delivery"
 
@@ -157,10 +159,12 @@ def services_job(services: Iterable[str], *, docker_host: str) -> dict[str, Any]
     return {
         "job_name": "visiobook-services",
         "metrics_path": "/metrics",
+        "scrape_interval": SERVICES_SCRAPE_INTERVAL,
+        "scrape_timeout": SERVICES_SCRAPE_INTERVAL,
         "docker_sd_configs": [
             {
                 "host": docker_host,
-                "refresh_interval": SCRAPE_INTERVAL,
+                "refresh_interval": SERVICES_SCRAPE_INTERVAL,
                 "host_networking_host": "127.0.0.1",
                 "filters": [{"name": "label", "values": [MANAGED_BY]}],
             }

@@ -245,7 +245,7 @@ class MonitoringStack:
             for name, daemon in self.daemons().items()
         }
         status_file = self.layout.run / "traffic.json"
-        if status_file.is_file():
+        if out["traffic"] != "stopped" and status_file.is_file():
             out["traffic_counts"] = json.loads(status_file.read_text()).get("targets", {})
         return out
 

@@ -205,10 +205,16 @@ def env(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _remove_containers(service: str) -> None:
+    """The test's containers and its images in the local engine (each one a full copy with vfs)."""
+    import docker
+
     from delivery.profiles.local.containers import stop_release
 
     for environment in ("staging", "production"):
         stop_release(service=service, environment=environment, remove=True, stop_timeout=1)
+    client = docker.from_env(timeout=120)
+    for image in client.images.list(name=f"{REGISTRY}/test/{service}"):
+        client.images.remove(image.id, force=True)
 
 
 # -- the servers -------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # `make run` / `make stop`: the whole pipeline on one machine (the local profile).
 #   start [--distributed] [--sqlite]: venv, Docker engine, registry, base images, demo git repos, GitOps repo,
-#          Airflow standalone on PostgreSQL; --distributed: the docker-compose.yaml topology natively (Redis,
+#          monitoring (Prometheus, Alertmanager, Pushgateway, demo traffic), Airflow standalone on PostgreSQL; --distributed: the docker-compose.yaml topology natively (Redis,
 #          api-server, two schedulers, dag-processor, triggerer, Celery workers); --sqlite (or
 #          DELIVERY_AIRFLOW_DB=sqlite): SQLite instead of PostgreSQL, only when asked for
-#   stop:  Airflow, demo containers, registry, and the Docker engine if this script started it
+#   stop:  Airflow, monitoring, demo containers, registry, and the Docker engine if this script started it
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${DELIVERY_STATE_DIR:-$ROOT/.local}"
@@ -38,6 +38,9 @@ start() {
   bash "$ROOT/scripts/local/base-images.sh" all
   step "Demo service repos and the GitOps repo"
   "$PY" -m delivery.devenv.demo setup --state "$STATE"
+  step "Monitoring: Prometheus, Alertmanager, Pushgateway, demo traffic (127.0.0.1)"
+  "$PY" -m delivery.devenv.monitoring start --state "$STATE" --catalog "$ROOT/include/catalog-local" \
+    --airflow-url "http://127.0.0.1:$PORT" >/dev/null
   step "Airflow on 127.0.0.1:$PORT ${airflow_args[*]}"
   info="$("$PY" -m delivery.devenv.airflow_server start --home "$STATE/airflow" --port "$PORT" \
     --catalog "$ROOT/include/catalog-local" "${airflow_args[@]}")"
@@ -68,11 +71,14 @@ Make a change and ship it:
 Stop everything: make stop
 """)
 PYEOF
+  "$PY" -m delivery.devenv.monitoring urls --state "$STATE"
 }
 
 stop() {
   step "Airflow"
   if [ -x "$PY" ]; then "$PY" -m delivery.devenv.airflow_server stop --home "$STATE/airflow" || true; fi
+  step "Monitoring (Prometheus, Alertmanager, Pushgateway, demo traffic)"
+  if [ -x "$PY" ]; then "$PY" -m delivery.devenv.monitoring stop --state "$STATE" || true; fi
   step "Demo containers"
   if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     ids="$(docker ps -aq --filter label=io.visiobook.managed-by=delivery)"

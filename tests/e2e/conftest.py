@@ -2,7 +2,11 @@
 
 One Airflow per test module; the catalog is a copy of ``include/catalog-local``
 whose services point at bare repos made in a temporary folder, so the tests
-never touch a developer's ``.local``.
+never touch a developer's ``.local``. As with ``scripts/run-local.sh start``, the
+local monitoring (``delivery.devenv.monitoring``: Prometheus, Alertmanager, the
+Pushgateway, demo traffic) starts first, on free ports, and Airflow gets its
+connections: production verification is the catalog's PromQL analysis, and
+Alertmanager's rollback webhook reaches this Airflow.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import requests
 import yaml
 
 from delivery.devenv.airflow_server import AirflowServer
+from delivery.devenv.demo import assemble_service
+from delivery.devenv.monitoring import MonitoringStack, airflow_env
+from delivery.devenv.monitoring_config import AlertSinks, Ports
 from delivery.paths import PROJECT_ROOT
 from tests.helpers import free_port, git
 
@@ -40,6 +47,7 @@ class LocalStack:
     catalog: dict  # type: ignore[type-arg]
     slack: object
     flaky_marker: Path
+    monitoring: MonitoringStack
     registry: str = "127.0.0.1:5000"
 
     def commit(
@@ -109,7 +117,7 @@ def local_stack(
     # A name of its own per session: containers, registry repos and DAGs never meet another run's.
     service = f"e2e-{uuid.uuid4().hex[:6]}-{demo.rsplit('-', 1)[-1]}"
     # The service repo: the demo service under a test name.
-    shutil.copytree(PROJECT_ROOT / "include" / "services" / demo, root / "services-src" / service)
+    assemble_service(demo, root / "services-src" / service)
     bare, work = _service_repo(root, service)
     gitops = _gitops_repo(root, service, demo)
     catalog_dir = root / "catalog"
@@ -133,9 +141,19 @@ def local_stack(
     (catalog_dir / "services" / f"{service}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
     slack = SlackStandIn().start()
+    airflow_port = free_port()
+    monitoring = MonitoringStack(
+        state=root / "state",
+        catalog_dir=catalog_dir,
+        airflow_url=f"http://127.0.0.1:{airflow_port}",
+        ports=Ports(prometheus=free_port(), alertmanager=free_port(), pushgateway=free_port()),
+        sinks=AlertSinks(),
+        traffic_rps=4,
+    )
+    monitoring.start()
     airflow = AirflowServer(
         home=root / "airflow",
-        port=free_port(),
+        port=airflow_port,
         catalog_dir=catalog_dir,
         env={
             # The notification path posts through the Slack Web API (a bot token) to routed channels.
@@ -143,6 +161,7 @@ def local_stack(
                 {"conn_type": "slack", "password": "xoxb-e2e", "extra": {"base_url": f"{slack.url}/api/"}}
             ),
             "DELIVERY_CATALOG_STRICT": "1",
+            **airflow_env(root / "state", catalog_dir),
         },
     )
     airflow.start()
@@ -159,9 +178,11 @@ def local_stack(
             catalog=data,
             slack=slack,
             flaky_marker=root / "flaky-armed",
+            monitoring=monitoring,
         )
     finally:
         airflow.destroy()
+        monitoring.stop()
         slack.stop()
         subprocess.run(
             ["docker", "rm", "-f", f"visiobook-{service}-staging", f"visiobook-{service}-production"],

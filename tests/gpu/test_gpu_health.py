@@ -6,19 +6,21 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from airflow.sdk.exceptions import AirflowSkipException
 
+from delivery.devenv.demo import assemble_service
 from delivery.gpu.health import GpuServiceCheckFailed, GpuServiceHealthOperator
 from tests.helpers import ROOT
 
 REPO = ROOT
-APP_DIR = REPO / "include" / "services" / "visiobook-inference"
 
 
 def _free_port() -> int:
@@ -29,12 +31,14 @@ def _free_port() -> int:
 
 
 def _start_service(**extra_env: str) -> Iterator[str]:
+    app_dir = Path(tempfile.mkdtemp(prefix="inference-"))
+    assemble_service("visiobook-inference", app_dir)  # the seeded repo: the service and the shared tooling
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DEMO_"))}
     env.update(HOST="127.0.0.1", PORT=str(port), INFERENCE_DEVICE="cpu", APP_COMMIT="abc1234", **extra_env)
     proc = subprocess.Popen(
-        [sys.executable, str(APP_DIR / "app.py")],
-        cwd=APP_DIR,
+        [sys.executable, str(app_dir / "app.py")],
+        cwd=app_dir,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +37,6 @@ from delivery.gitops import GitOpsRepo, ReleaseMetadata
 from tests.helpers import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
-DEMO_WEB = ROOT / "include" / "services" / "visiobook-demo-web"
 REGISTRY = "127.0.0.1:5000"
 SERVICES = {"rb-web": ["alice", "bob"], "rb-db": ["carol", "dave"], "rb-alert": ["alice", "bob"]}
 GIT_ENV = {
@@ -218,6 +218,7 @@ def _write_catalog(root: Path, *, gitops: Path, workspaces: Path, ports: dict[st
 
 def build_demo_image() -> tuple[str, str]:
     """(registry/repository, tag) of the demo web service, built from the local base image."""
+    from delivery.devenv.demo import assemble_service
     from delivery.devenv.platform import PlatformError, ensure_local_platform
     from delivery.profiles.local.images import build_and_push
 
@@ -227,14 +228,15 @@ def build_demo_image() -> tuple[str, str]:
         pytest.fail(f"the local platform (Docker engine, registry, base images) could not start:\n{err}")
     tag = "a" * 8 + secrets.token_hex(16)
     repository = f"test/rb-demo-{secrets.token_hex(3)}"
-    build_and_push(
-        context_dir=DEMO_WEB,
-        repository=repository,
-        registry=REGISTRY,
-        source_sha=tag,
-        branch=None,
-        build_args={"BASE_IMAGE": "visiobook/python-base:bookworm"},
-    )
+    with tempfile.TemporaryDirectory() as tmp:  # the tree its repo holds: own folder + shared tooling
+        build_and_push(
+            context_dir=assemble_service("visiobook-demo-web", Path(tmp) / "visiobook-demo-web"),
+            repository=repository,
+            registry=REGISTRY,
+            source_sha=tag,
+            branch=None,
+            build_args={"BASE_IMAGE": "visiobook/python-base:bookworm"},
+        )
     return f"{REGISTRY}/{repository}", tag
 
 

@@ -16,14 +16,15 @@ Configuration (environment)
     APP_VERSION        version (default: the VERSION file next to this module)
     APP_COMMIT         commit sha (default: GIT_COMMIT, else "unknown")
     DEMO_FAIL_HEALTH   "1"/"true": /health answers 503 (a deliberately broken release)
+    APP_ENVIRONMENT    environment name, matched against the BROKEN_IN/SLOW_IN/ERRORS_IN markers
     LOG_LEVEL          access log level (default INFO)
 
-A deliberately broken release for pipeline tests: commit a file named
-``BROKEN`` next to app.py (the Dockerfile copies it into the image), a file
-``BROKEN_IN`` listing environment names (broken only where ``APP_ENVIRONMENT``
-is one of them), or run the
-container with ``DEMO_FAIL_HEALTH=1``. Either way /health answers 503 while the
-rest keeps working, so health gates and rollbacks have something real to catch.
+Deliberately bad releases for pipeline demos and tests (faults.py): a marker file
+committed next to app.py. ``BROKEN`` (or ``BROKEN_IN`` listing environments, or
+``DEMO_FAIL_HEALTH=1``) makes /health answer 503, which the health gate catches.
+``SLOW_IN`` and ``ERRORS_IN`` (``production``, or ``production@120s`` to start two
+minutes after start) make the user requests slow or answer 500 while /health stays
+200: the release is up but bad, which only the metric analysis and the alerts catch.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import faults
 from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from metrics import Registry
 
@@ -54,7 +57,8 @@ BOOKS = (
     {"id": 5, "title": "Madame Bovary", "author": "Gustave Flaubert", "year": 1857},
 )
 
-TRUTHY = {"1", "true", "yes", "on"}
+ROUTES = ("/", "/health", "/metrics", "/api/books", "/api/books/{id}", "other")
+PROBES = ("/health", "/metrics")  # never slowed down nor failed by SLOW_IN / ERRORS_IN
 
 
 def read_version(root: Path = ROOT, environ: dict[str, str] | None = None) -> str:
@@ -73,27 +77,27 @@ def read_commit(environ: dict[str, str] | None = None) -> str:
 
 
 def broken_reason(root: Path = ROOT, environ: dict[str, str] | None = None) -> str | None:
-    """Why this release is deliberately broken, or None when it is not."""
-    env = os.environ if environ is None else environ
-    if env.get("DEMO_FAIL_HEALTH", "").strip().lower() in TRUTHY:
-        return "DEMO_FAIL_HEALTH is set"
-    if (root / "BROKEN").exists():
-        return "release built with a BROKEN marker file"
-    broken_in = root / "BROKEN_IN"  # a release that only breaks in one environment (config drift)
-    if broken_in.exists():
-        environment = env.get("APP_ENVIRONMENT", "")
-        if environment and environment in broken_in.read_text(encoding="utf-8").split():
-            return f"release is broken in {environment} (BROKEN_IN marker file)"
-    return None
+    """Why this release is deliberately broken, or None when it is not (see faults.py)."""
+    return faults.broken_reason(root, environ)
 
 
 class App:
     """Routing and metrics, independent of the HTTP server (easy to unit-test)."""
 
-    def __init__(self, *, version: str, commit: str, broken: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        version: str,
+        commit: str,
+        broken: str | None = None,
+        injected: faults.Faults | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.version = version
         self.commit = commit
         self.broken = broken
+        self.faults = injected or faults.Faults()
+        self.sleep = sleep
         self.started = time.time()
         self.registry = Registry()
         self.requests = self.registry.counter(
@@ -102,6 +106,8 @@ class App:
         self.duration = self.registry.histogram(
             "http_request_duration_seconds", "HTTP request latency in seconds.", ("service", "path")
         )
+        for route in ROUTES:  # the 5xx series exist at 0, so an error ratio is 0 rather than empty
+            self.requests.inc(0, service=SERVICE, code="500", path=route)
         info = self.registry.gauge("app_info", "Build information.", ("service", "version", "commit"))
         info.set(1, service=SERVICE, version=version, commit=commit)
         start = self.registry.gauge("process_start_time_seconds", "Start time since the epoch.")
@@ -120,6 +126,12 @@ class App:
         path = parts.path.rstrip("/") or "/"
         if method not in ("GET", "HEAD"):
             return self._json(405, {"error": "method not allowed"})
+        if path not in PROBES:
+            delay = self.faults.delay()
+            if delay:
+                self.sleep(delay)
+            if self.faults.failing():
+                return self._json(500, {"error": "injected failure (ERRORS_IN marker file)"})
         if path == "/":
             return 200, "text/html; charset=utf-8", self._index().encode()
         if path == "/health":
@@ -151,6 +163,8 @@ class App:
             "commit": self.commit,
             "uptime_seconds": round(time.time() - self.started, 3),
         }
+        if self.faults.describe():
+            body["faults"] = self.faults.describe()
         if self.broken:
             body.update(status="failing", reason=self.broken)
             return self._json(503, body)
@@ -225,7 +239,12 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    app = App(version=read_version(), commit=read_commit(), broken=broken_reason())
+    app = App(
+        version=read_version(),
+        commit=read_commit(),
+        broken=broken_reason(),
+        injected=faults.Faults.from_markers(ROOT),
+    )
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))
     server = make_server(app, host=host, port=port)
@@ -235,6 +254,8 @@ def main() -> int:
     LOG.info("%s %s (commit %s) listening on %s:%d", SERVICE, app.version, app.commit, host, port)
     if app.broken:
         LOG.warning("this release is deliberately broken: %s", app.broken)
+    for fault in app.faults.describe():
+        LOG.warning("this release is deliberately bad: %s", fault)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -19,7 +19,12 @@ Configuration (environment)
     APP_COMMIT         commit sha (default: GIT_COMMIT, else "unknown")
     DEMO_FAIL_HEALTH   "1": /health answers 503 (deliberately broken release); a BROKEN
                        file next to app.py at build time does the same
+    APP_ENVIRONMENT    environment name, matched against the BROKEN_IN/SLOW_IN/ERRORS_IN markers
     MAX_BATCH          largest accepted batch (default 64)
+
+Deliberately bad releases (faults.py): marker files BROKEN / BROKEN_IN (/health answers 503),
+SLOW_IN / ERRORS_IN (``production`` or ``production@120s``: every request but /health and
+/metrics is slower or answers 500, from start or from that many seconds after start).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import faults
 from metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from metrics import Registry
 from model import Model, ModelError
@@ -41,7 +48,8 @@ from model import Model, ModelError
 SERVICE = "visiobook-inference"
 ROOT = Path(__file__).resolve().parent
 LOG = logging.getLogger(SERVICE)
-TRUTHY = {"1", "true", "yes", "on"}
+ROUTES = ("/", "/health", "/metrics", "/predict", "other")
+PROBES = ("/health", "/metrics")  # never slowed down nor failed by SLOW_IN / ERRORS_IN
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 MAX_BODY = 1 << 20
 
@@ -62,12 +70,8 @@ def read_commit(environ: dict[str, str] | None = None) -> str:
 
 
 def broken_reason(root: Path = ROOT, environ: dict[str, str] | None = None) -> str | None:
-    env = os.environ if environ is None else environ
-    if env.get("DEMO_FAIL_HEALTH", "").strip().lower() in TRUTHY:
-        return "DEMO_FAIL_HEALTH is set"
-    if (root / "BROKEN").exists():
-        return "release built with a BROKEN marker file"
-    return None
+    """Why this release is deliberately broken, or None when it is not (see faults.py)."""
+    return faults.broken_reason(root, environ)
 
 
 class BadRequest(Exception):
@@ -84,10 +88,14 @@ class App:
         device: str | None = None,
         broken: str | None = None,
         max_batch: int = 64,
+        injected: faults.Faults | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.version = version
         self.commit = commit
         self.broken = broken
+        self.faults = injected or faults.Faults()
+        self.sleep = sleep
         self.max_batch = max_batch
         self.model: Model | None = None
         self.model_error: str | None = None
@@ -105,6 +113,8 @@ class App:
         self.duration = self.registry.histogram(
             "http_request_duration_seconds", "HTTP request latency in seconds.", ("service", "path")
         )
+        for route in ROUTES:  # the 5xx series exist at 0, so an error ratio is 0 rather than empty
+            self.requests.inc(0, service=SERVICE, code="500", path=route)
         self.inference = self.registry.histogram(
             "inference_request_duration_seconds",
             "Model inference time per request in seconds.",
@@ -125,10 +135,16 @@ class App:
 
     @staticmethod
     def route_label(path: str) -> str:
-        return path if path in ("/", "/health", "/metrics", "/predict") else "other"
+        return path if path in ROUTES else "other"
 
     def handle(self, method: str, path: str, body: bytes = b"") -> tuple[int, str, bytes]:
         path = path.split("?", 1)[0].rstrip("/") or "/"
+        if path not in PROBES:
+            delay = self.faults.delay()
+            if delay:
+                self.sleep(delay)
+            if self.faults.failing():
+                return self._json(500, {"error": "injected failure (ERRORS_IN marker file)"})
         if path == "/predict":
             if method != "POST":
                 return self._json(405, {"error": "use POST"})
@@ -194,6 +210,8 @@ class App:
             "backend": self.model.backend if self.model else None,
             "model": f"{self.model.name}@{self.model.version}" if self.model else None,
         }
+        if self.faults.describe():
+            body["faults"] = self.faults.describe()
         if self.model is None:
             body.update(status="failing", reason=f"model not loaded: {self.model_error}")
             return self._json(503, body)
@@ -273,11 +291,14 @@ def main() -> int:
         device=os.environ.get("INFERENCE_DEVICE") or None,
         broken=broken_reason(),
         max_batch=int(os.environ.get("MAX_BATCH", "64")),
+        injected=faults.Faults.from_markers(ROOT),
     )
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8080"))
     server = make_server(app, host=host, port=port)
     signal.signal(signal.SIGTERM, _stop)
+    for fault in app.faults.describe():
+        LOG.warning("this release is deliberately bad: %s", fault)
     LOG.info(
         "%s %s (commit %s, device %s) listening on %s:%d", SERVICE, app.version, app.commit, app.device, host, port
     )

@@ -39,6 +39,7 @@ import requests
 
 from delivery.catalog import load_catalog
 from delivery.cli import deploy_pools
+from delivery.devenv.monitoring import airflow_env as monitoring_env
 from delivery.devenv.postgres import PostgresCluster, PostgresError, port_in_use
 from delivery.devenv.redis import RedisError
 from delivery.devenv.settings import FAILURE_DETECTION, common_settings
@@ -485,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     topology = "distributed" if args.distributed else ("standalone" if args.command == "start" else None)
+    state = Path(os.environ.get("DELIVERY_STATE_DIR") or args.home.parent)
     try:
         server = AirflowServer(
             home=args.home,
@@ -492,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
             catalog_dir=args.catalog,
             database=args.database,
             topology=topology,
+            # Connections to the local Prometheus and the Alertmanager webhook's token, the Pushgateway
+            # as metrics backend: empty unless `delivery.devenv.monitoring start` ran for this state.
+            env=monitoring_env(state, args.catalog),
         )
         if args.command == "stop":
             server.stop()

@@ -2,7 +2,10 @@
 
     python -m delivery.devenv.demo setup [--state .local]
 
-For each service in ``include/services/<name>``:
+For each service in ``include/services/<name>``, whose tree is the service's own folder plus
+the tooling the demo services share (``include/services/_shared``: metrics, fault markers,
+``ci.sh``, ``tools/``, the Helm templates), copied in so that each repo stands alone
+(:func:`assemble_service`):
 
 * a bare repo ``<state>/repos/<name>.git`` (what the pipeline clones), and
 * a working clone ``<state>/src/<name>`` with ``origin`` pointing at it, where
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEMO_SERVICES = ("visiobook-demo-web", "visiobook-inference")
 DEMO_IDENTITY = GitIdentity("Visiobook Demo", "demo@visiobook.invalid")
+SERVICES_DIR = PROJECT_ROOT / "include" / "services"
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
@@ -39,6 +43,32 @@ def git(*args: str, cwd: Path | None = None) -> str:
 
 def _ignore(_dir: str, names: list[str]) -> set[str]:
     return {n for n in names if n in ("__pycache__", ".coverage") or n.endswith(".pyc")}
+
+
+def _tree(root: Path) -> set[str]:
+    """The files under ``root`` that a copy keeps, relative to it."""
+    return {
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and not _ignore("", list(path.relative_to(root).parts))
+    }
+
+
+def assemble_service(name: str, dest: Path, *, services_dir: Path = SERVICES_DIR) -> Path:
+    """Write the self-contained source tree of demo service ``name`` into ``dest`` and return it.
+
+    The tree is ``<services_dir>/<name>`` plus ``<services_dir>/_shared``. A file in both is
+    an error: each shared file has exactly one source.
+    """
+    source, shared = services_dir / name, services_dir / "_shared"
+    if name.startswith("_") or not (source / "Dockerfile").is_file():
+        raise ValueError(f"{name!r} is not a demo service (no {source}/Dockerfile)")
+    both = sorted(_tree(source) & _tree(shared))
+    if both:
+        raise ValueError(f"{', '.join(both)}: in both {source} and {shared}; keep one copy (the shared one)")
+    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=_ignore)
+    shutil.copytree(shared, dest, dirs_exist_ok=True, ignore=_ignore)
+    return dest
 
 
 def make_service_repo(name: str, *, state: Path) -> tuple[Path, Path]:
@@ -52,9 +82,7 @@ def make_service_repo(name: str, *, state: Path) -> tuple[Path, Path]:
         git("clone", "--quiet", "--", str(bare), str(work))
         git("checkout", "--quiet", "-B", "main", cwd=work)
         if "refs/heads/main" not in ls_remote(str(bare), ["refs/heads/main"]):
-            shutil.copytree(
-                PROJECT_ROOT / "include" / "services" / name, work, dirs_exist_ok=True, ignore=_ignore
-            )
+            assemble_service(name, work)
             git("add", "-A", cwd=work)
             git("commit", "--quiet", "-m", f"{name}: initial import", cwd=work)
             git("push", "--quiet", "--", "origin", "main", cwd=work)
@@ -73,7 +101,7 @@ def make_gitops_repo(*, state: Path, services: tuple[str, ...] = DEMO_SERVICES) 
         git("checkout", "--quiet", "-B", "main", cwd=work)
         for name in services:
             for env in ("staging", "production"):
-                src = PROJECT_ROOT / "include" / "services" / name / "deploy" / f"values-{env}.yaml"
+                src = SERVICES_DIR / name / "deploy" / f"values-{env}.yaml"
                 dest = work / "apps" / name / f"values-{env}.yaml"
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(src, dest)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from delivery.devenv.demo import assemble_service
 from delivery.profiles.local.images import ImageRef, build_and_push
 from tests.helpers import ROOT
 
@@ -57,11 +58,18 @@ def web_repository(run_id: str) -> str:
 
 @pytest.fixture(scope="session")
 def web_image(
-    docker_client: docker.DockerClient, registry: str, web_repository: str, web_sha: str
+    docker_client: docker.DockerClient,
+    registry: str,
+    web_repository: str,
+    web_sha: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ImageRef]:
     """The demo web service, built from its real Dockerfile and pushed once per session."""
     ref = build_and_push(
-        context_dir=SERVICES / "visiobook-demo-web",
+        # The tree its repo holds: its own folder plus the tooling the demo services share.
+        context_dir=assemble_service(
+            "visiobook-demo-web", tmp_path_factory.mktemp("src") / "visiobook-demo-web"
+        ),
         dockerfile="Dockerfile",
         repository=web_repository,
         registry=registry,

@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import app  # noqa: E402
+import faults  # noqa: E402
 from metrics import Registry  # noqa: E402
 
 
@@ -96,6 +97,46 @@ class RoutingTest(unittest.TestCase):
         )
         self.assertIn('app_info{service="visiobook-demo-web",version="1.2.3",commit="c0ffee"} 1', text)
         self.assertIn("# TYPE http_request_duration_seconds histogram", text)
+
+
+class InjectedFaultsTest(unittest.TestCase):
+    """SLOW_IN / ERRORS_IN: user requests degrade, /health and /metrics do not."""
+
+    def make(self, **kwargs: float) -> tuple[app.App, list[float]]:
+        slept: list[float] = []
+        injected = faults.Faults(**kwargs, clock=lambda: 0.0)
+        return app.App(version="1.2.3", commit="c0ffee", injected=injected, sleep=slept.append), slept
+
+    def test_erroring_release_fails_user_requests_only(self) -> None:
+        application, _ = self.make(errors_after=0)
+        self.assertEqual(application.handle("GET", "/api/books")[0], 500)
+        self.assertEqual(application.handle("GET", "/")[0], 500)
+        code, _, body = application.handle("GET", "/health")
+        self.assertEqual(code, 200)
+        self.assertEqual(json.loads(body)["faults"], ["HTTP 500 from 0s after start (ERRORS_IN)"])
+        self.assertEqual(application.handle("GET", "/metrics")[0], 200)
+
+    def test_slow_release_sleeps_on_user_requests_only(self) -> None:
+        application, slept = self.make(slow_after=0, slow_seconds=4)
+        self.assertEqual(application.handle("GET", "/api/books")[0], 200)
+        application.handle("GET", "/health")
+        application.handle("GET", "/metrics")
+        self.assertEqual(slept, [4])
+
+    def test_not_yet_degraded(self) -> None:
+        application, slept = self.make(slow_after=60, errors_after=60)
+        self.assertEqual(application.handle("GET", "/api/books")[0], 200)
+        self.assertEqual(slept, [])
+
+    def test_markers_in_the_image_select_the_environment(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "ERRORS_IN").write_text("production@120s\n")
+            injected = faults.Faults.from_markers(Path(tmp), {"APP_ENVIRONMENT": "production"})
+        self.assertEqual(injected.errors_after, 120.0)
+
+    def test_error_series_exist_before_any_error(self) -> None:
+        text = app.App(version="1", commit="c").handle("GET", "/metrics")[2].decode()
+        self.assertIn('http_requests_total{service="visiobook-demo-web",code="500",path="/api/books"} 0', text)
 
 
 class MetricsTest(unittest.TestCase):

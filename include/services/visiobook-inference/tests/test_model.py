@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import app  # noqa: E402
+import faults  # noqa: E402
 import model  # noqa: E402
 
 CASES = {
@@ -113,6 +114,16 @@ class AppTest(unittest.TestCase):
         unloaded = self.make(model_path=ROOT / "missing.json")
         self.assertEqual(unloaded.handle("POST", "/predict", b'{"text": "x"}')[0], 400)
 
+    def test_injected_faults_spare_health_and_metrics(self) -> None:
+        slept: list[float] = []
+        injected = faults.Faults(slow_after=0, errors_after=0, slow_seconds=4, clock=lambda: 0.0)
+        application = self.make(injected=injected, sleep=slept.append)
+        self.assertEqual(application.handle("POST", "/predict", b'{"text": "x"}')[0], 500)
+        self.assertEqual(application.handle("GET", "/health")[0], 200)
+        metrics = application.handle("GET", "/metrics")[2].decode()
+        self.assertEqual(slept, [4])
+        self.assertIn('http_requests_total{service="visiobook-inference",code="500",path="/predict"} 0', metrics)
+
     def test_config_helpers(self) -> None:
         self.assertEqual(app.read_version(environ={"APP_VERSION": "1"}), "1")
         self.assertEqual(app.read_version(ROOT, environ={}), (ROOT / "VERSION").read_text().strip())
@@ -121,6 +132,9 @@ class AppTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             self.assertIsNone(app.broken_reason(Path(tmp), environ={}))
             self.assertIsNotNone(app.broken_reason(Path(tmp), environ={"DEMO_FAIL_HEALTH": "true"}))
+            Path(tmp, "BROKEN_IN").write_text("production")
+            self.assertIsNotNone(app.broken_reason(Path(tmp), environ={"APP_ENVIRONMENT": "production"}))
+            self.assertIsNone(app.broken_reason(Path(tmp), environ={"APP_ENVIRONMENT": "staging"}))
             Path(tmp, "BROKEN").touch()
             self.assertIsNotNone(app.broken_reason(Path(tmp), environ={}))
 

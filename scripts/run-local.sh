@@ -53,6 +53,8 @@ Airflow is up: {info['url']}
   admin        password {users['admin']}
   alice, bob   approvers of visiobook-demo-web   ({users['alice']} / {users['bob']})
   erin, frank  approvers of visiobook-inference  ({users['erin']} / {users['frank']})
+  oncall       break-glass approver of both     ({users['oncall']})
+  mallory      a user who is not an approver    ({users['mallory']})
   (all passwords: {state}/airflow/passwords.json)
 
 Topology: {info['topology']}; logs: {info['logs']}
@@ -67,6 +69,7 @@ What to click:
 Make a change and ship it:
   cd {state}/src/visiobook-demo-web && edit VERSION && git commit -am "bump" && git push
   then trigger the DAG again (or with sha = the new commit).
+  More to try (a slow release, one that degrades later, walking around the gate): README, "What you can try".
 
 Stop everything: make stop
 """)

@@ -108,9 +108,9 @@ class AirflowServer:
     # -- configuration --------------------------------------------------------------
 
     def _load_or_create_users(self) -> dict[str, str]:
-        if self.passwords_file.is_file():
-            return dict(json.loads(self.passwords_file.read_text()))
-        return {name: secrets.token_urlsafe(12) for name in USERS}
+        """The users' passwords: kept ones, and a new password for a user added since they were made."""
+        kept = dict(json.loads(self.passwords_file.read_text())) if self.passwords_file.is_file() else {}
+        return {**{name: secrets.token_urlsafe(12) for name in USERS if name not in kept}, **kept}
 
     def _secret(self, name: str) -> str:
         """A generated password kept in secrets.json (0600), beside the Airflow users' passwords."""

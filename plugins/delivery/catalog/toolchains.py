@@ -233,7 +233,7 @@ def resolve_stages(service: Service, platform: Platform) -> dict[Stage, Resolved
             secret_env={**base.secret_env, **override.secret_env},
             resources=override.resources or base.resources or Resources(),
             timeout=override.timeout or base.timeout or timedelta(minutes=20),
-            retries=override.retries if override.retries is not None else (base.retries or 1),
+            retries=override.retries if override.retries is not None else (base.retries or 2),
             services=list(override.services if override.services is not None else (base.services or [])),
             gpu=gpu,
         )

@@ -161,9 +161,10 @@ class DagFactory:
     def _dag(self, service: Service, *, tags: list[str], **kwargs: Any) -> DAG:
         default_args: dict[str, Any] = {
             "owner": service.team or "platform",
-            # One retry for infrastructure failures (a killed worker or process, a lost heartbeat);
+            # Retries for infrastructure failures (a killed worker or process, a lost heartbeat, a
+            # restart that adopts or resets orphaned tasks);
             # the steps' own failures (PipelineError, a failing command) are final.
-            "retries": 1,
+            "retries": 2,
             "retry_delay": timedelta(seconds=15),
             # Every task's failure is a `task_failed` event (a severity event for some steps, below).
             "on_failure_callback": [TaskFailureNotifier(service_name=service.name)],

@@ -364,13 +364,22 @@ class AirflowServer:
     def api(
         self, method: str, path: str, *, user: str = "admin", expect: tuple[int, ...] = (200,), **kwargs: Any
     ) -> Any:
-        resp = requests.request(
-            method,
-            f"{self.base_url}/api/v2{path}",
-            headers={"Authorization": f"Bearer {self.token(user)}"},
-            timeout=30,
-            **kwargs,
-        )
+        """One REST call; a read (GET) that times out on a busy machine is tried again, twice."""
+        attempts = 3 if method.upper() == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                resp = requests.request(
+                    method,
+                    f"{self.base_url}/api/v2{path}",
+                    headers={"Authorization": f"Bearer {self.token(user)}"},
+                    timeout=60,
+                    **kwargs,
+                )
+                break
+            except (requests.Timeout, requests.ConnectionError):
+                if attempt == attempts:
+                    raise
+                time.sleep(2 * attempt)
         if resp.status_code not in expect:
             raise AirflowError(f"{method} {path} as {user}: {resp.status_code} {resp.text[:500]}")
         return resp.json() if resp.content else None

@@ -128,12 +128,7 @@ class PostgresCluster:
             str(self.bindir / "psql"),
             "-X",
             "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            self.user,
+            *self._connect_args(),
             "-d",
             database,
             "-v",
@@ -242,18 +237,12 @@ class PostgresCluster:
         self._secure()
         return self
 
+    def _connect_args(self) -> tuple[str, ...]:
+        """How the client programs reach this cluster (the password comes in their environment)."""
+        return ("-h", "127.0.0.1", "-p", str(self.port), "-U", self.user)
+
     def create_database(self, name: str) -> None:
-        proc = self._run(
-            str(self.bindir / "createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            self.user,
-            name,
-            check=False,
-        )
+        proc = self._run(str(self.bindir / "createdb"), *self._connect_args(), name, check=False)
         if proc.returncode != 0 and "already exists" not in proc.stderr:
             raise PostgresError(f"createdb {name} failed: {proc.stderr.strip()[:500]}")
 

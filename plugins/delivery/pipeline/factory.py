@@ -40,6 +40,7 @@ from delivery.pipeline.plan import (
     deploy_section,
 )
 from delivery.profiles import DeliveryProfile, active_profile, health_url
+from delivery.profiles.base import Sync
 from delivery.reporting.notifiers import ApprovalPendingNotifier
 from delivery.steps import gpu, outcome, release, rollback, source
 from delivery.verification.operator import VerifyReleaseOperator
@@ -283,7 +284,7 @@ class DagFactory:
             if step.environment
             else max(e.health_timeout for e in environments)
         )
-        return self.profile.sync_task(
+        sync = Sync(
             task_id=step.name,
             service=service,
             platform=self.platform,
@@ -292,6 +293,7 @@ class DagFactory:
             plan_task=step.params.get("plan_task"),
             timeout=timeout,
         )
+        return self.profile.sync_task(sync)
 
     def _health_check(self, step: Step, service: Service) -> BaseOperator:
         if step.environment is None:  # the rollback DAG: the environment is chosen when it runs

@@ -8,15 +8,30 @@ is one module implementing :class:`DeliveryProfile`, listed in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:
-    from datetime import timedelta
+from delivery.catalog.models import EnvironmentSpec, Platform, Profile, Service
 
+if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
 
-    from delivery.catalog.models import EnvironmentSpec, Platform, Profile, Service
     from delivery.catalog.toolchains import ResolvedStage
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sync:
+    """A sync step: apply the GitOps revision a commit step wrote to an environment."""
+
+    task_id: str
+    service: Service
+    platform: Platform
+    environment: str | None
+    """None: the rollback DAG's environment, read at run time from ``plan_task``."""
+    commit_task: str
+    plan_task: str | None
+    timeout: timedelta
 
 
 class DeliveryProfile(Protocol):
@@ -34,21 +49,8 @@ class DeliveryProfile(Protocol):
     ) -> BaseOperator:
         """The operator that runs one container stage of the catalog."""
 
-    def sync_task(
-        self,
-        *,
-        task_id: str,
-        service: Service,
-        platform: Platform,
-        environment: str | None,
-        commit_task: str,
-        plan_task: str | None,
-        timeout: timedelta,
-    ) -> BaseOperator:
-        """The operator that applies the GitOps revision written by ``commit_task``.
-
-        ``environment`` None: the rollback DAG's environment, read at run time from ``plan_task``.
-        """
+    def sync_task(self, sync: Sync) -> BaseOperator:
+        """The operator that applies the GitOps revision written by ``sync.commit_task``."""
 
     def service_url(self, env: EnvironmentSpec) -> str:
         """Base URL where this profile's deploy target serves an environment."""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-from datetime import timedelta
 from typing import Any
 
 from delivery.catalog.models import EnvironmentSpec, Platform, Profile, Service
 from delivery.catalog.toolchains import ResolvedStage
+from delivery.profiles.base import Sync
 from delivery.steps.release import guard_sync
 
 
@@ -26,45 +26,35 @@ class KubernetesProfile:
 
         return pod_operator(service=service, platform=platform, stage=stage, **operator_kwargs)
 
-    def sync_task(
-        self,
-        *,
-        task_id: str,
-        service: Service,
-        platform: Platform,
-        environment: str | None,
-        commit_task: str,
-        plan_task: str | None,
-        timeout: timedelta,
-    ) -> Any:
+    def sync_task(self, sync: Sync) -> Any:
         from delivery.integrations.argocd.operator import (
             ArgoCDSyncOperator,  # Argo CD client: this profile only
         )
 
-        if environment is None:  # the rollback DAG: the environment is chosen when it runs
-            plan = "ti.xcom_pull(task_ids='" + str(plan_task) + "')"
+        if sync.environment is None:  # the rollback DAG: the environment is chosen when it runs
+            plan = "ti.xcom_pull(task_ids='" + str(sync.plan_task) + "')"
             app = "{{ " + plan + "['argocd_app'] }}"
             project = "{{ " + plan + "['argocd_project'] or '' }}"
             app_namespace = "{{ " + plan + "['argocd_app_namespace'] or '' }}"
         else:
-            env = getattr(service.environments, environment)
+            env = getattr(sync.service.environments, sync.environment)
             app, project, app_namespace = env.argocd_app, env.argocd_project, env.argocd_app_namespace
         return ArgoCDSyncOperator(
-            task_id=task_id,
+            task_id=sync.task_id,
             app_name=app,
-            revision="{{ ti.xcom_pull(task_ids='" + commit_task + "')['revision'] }}",
-            argocd_conn_id=platform.connections.argocd,
+            revision="{{ ti.xcom_pull(task_ids='" + sync.commit_task + "')['revision'] }}",
+            argocd_conn_id=sync.platform.connections.argocd,
             project=project,
             app_namespace=app_namespace,
-            gitops_repo_url=platform.gitops.repo_url,
-            timeout=timeout,
+            gitops_repo_url=sync.platform.gitops.repo_url,
+            timeout=sync.timeout,
             deferrable=True,
             pre_execute=functools.partial(
                 guard_sync,
-                service_name=service.name,
-                environment=environment,
-                commit_task=commit_task,
-                plan_task=plan_task,
+                service_name=sync.service.name,
+                environment=sync.environment,
+                commit_task=sync.commit_task,
+                plan_task=sync.plan_task,
             ),
         )
 

@@ -158,6 +158,57 @@ def _remove_previous(client: docker.DockerClient, name: str, stop_timeout: int) 
     previous.remove(force=True)
 
 
+def _start(
+    client: docker.DockerClient,
+    *,
+    name: str,
+    image: str,
+    labels: Mapping[str, str],
+    environment: Mapping[str, str],
+    user: str | None,
+) -> Any:
+    import docker as docker_sdk  # the docker SDK: run time only
+
+    try:
+        return client.containers.run(
+            image,
+            name=name,
+            detach=True,
+            network_mode="host",
+            environment=dict(environment),
+            labels=dict(labels),
+            user=user,
+        )
+    except docker_sdk.errors.APIError as err:
+        raise ReleaseError(f"could not start {name} from {image}: {err}") from err
+
+
+def _wait_healthy(
+    container: Any, url: str, *, timeout: float, poll_interval: float
+) -> tuple[bool, int | None, Mapping[str, Any] | None, str]:
+    """(healthy, last status code, last health body, last problem) once 200, exited or timed out."""
+    deadline = time.monotonic() + timeout
+    code: int | None = None
+    body: Mapping[str, Any] | None = None
+    problem = "no answer yet"
+    while True:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            return (
+                False,
+                code,
+                body,
+                f"container exited with code {container.attrs.get('State', {}).get('ExitCode')}",
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False, code, body, problem
+        code, body, problem = _probe(url, timeout=max(0.2, min(2.0, remaining)))
+        if code == 200:
+            return True, code, body, problem
+        time.sleep(min(poll_interval, max(deadline - time.monotonic(), 0)))
+
+
 def run_release(
     *,
     service: str,
@@ -183,76 +234,48 @@ def run_release(
     if not 0 < port < 65536:
         raise ValueError(f"invalid port {port}")
     docker_client = _client(client)
-    image_obj = _ensure_image(docker_client, image)
-    revision = (image_obj.labels or {}).get(REVISION_LABEL, "unknown")
+    revision = (_ensure_image(docker_client, image).labels or {}).get(REVISION_LABEL, "unknown")
     _remove_previous(docker_client, name, stop_timeout)
     if _port_in_use(port):
         raise ReleaseError(
             f"port {port} on 127.0.0.1 is already in use by another process; cannot start {name}"
         )
-    environment_vars = {
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "APP_ENVIRONMENT": environment,
-        "APP_COMMIT": revision,
-        **(env or {}),
-    }
-    labels = {
-        f"{LABEL_PREFIX}.service": service,
-        f"{LABEL_PREFIX}.environment": environment,
-        f"{LABEL_PREFIX}.image": image,
-        f"{LABEL_PREFIX}.revision": revision,
-        f"{LABEL_PREFIX}.port": str(port),
-        f"{LABEL_PREFIX}.managed-by": "delivery",
-    }
     log.info("starting %s from %s (revision %s) on 127.0.0.1:%d", name, image, revision, port)
-    import docker as docker_sdk
-
-    try:
-        container = docker_client.containers.run(
-            image,
-            name=name,
-            detach=True,
-            network_mode="host",
-            environment=environment_vars,
-            labels=labels,
-            user=user,
-        )
-    except docker_sdk.errors.APIError as err:
-        raise ReleaseError(f"could not start {name} from {image}: {err}") from err
-
+    container = _start(
+        docker_client,
+        name=name,
+        image=image,
+        user=user,
+        environment={
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "APP_ENVIRONMENT": environment,
+            "APP_COMMIT": revision,
+            **(env or {}),
+        },
+        labels={
+            f"{LABEL_PREFIX}.service": service,
+            f"{LABEL_PREFIX}.environment": environment,
+            f"{LABEL_PREFIX}.image": image,
+            f"{LABEL_PREFIX}.revision": revision,
+            f"{LABEL_PREFIX}.port": str(port),
+            f"{LABEL_PREFIX}.managed-by": "delivery",
+        },
+    )
     url = f"http://127.0.0.1:{port}{health_path}"
-    deadline = time.monotonic() + timeout
-    last_code: int | None = None
-    last_body: Mapping[str, Any] | None = None
-    last_problem = "no answer yet"
-    while True:
-        container.reload()
-        if container.status in ("exited", "dead"):
-            exit_code = container.attrs.get("State", {}).get("ExitCode")
-            last_problem = f"container exited with code {exit_code}"
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        code, body, problem = _probe(url, timeout=max(0.2, min(2.0, remaining)))
-        last_code, last_body, last_problem = code, body, problem
-        if code == 200:
-            info = _info(container, healthy=True, health=body, code=code)
-            log.info("%s is healthy: %s", name, body)
-            return info
-        time.sleep(min(poll_interval, max(deadline - time.monotonic(), 0)))
-
+    healthy, code, body, problem = _wait_healthy(container, url, timeout=timeout, poll_interval=poll_interval)
+    if healthy:
+        log.info("%s is healthy: %s", name, body)
+        return _info(container, healthy=True, health=body, code=code)
     logs = container.logs(tail=50).decode(errors="replace")
     if container.status == "running":
         container.stop(timeout=stop_timeout)
     container.reload()
-    info = _info(container, healthy=False, health=last_body, code=last_code)
-    log.error("%s failed its health check at %s: %s; logs:\n%s", name, url, last_problem, logs)
+    log.error("%s failed its health check at %s: %s; logs:\n%s", name, url, problem, logs)
     raise ReleaseHealthError(
-        f"release {name} ({image}) did not become healthy at {url} within {timeout:.0f}s: {last_problem}"
-        + (f" {dict(last_body)}" if last_body else ""),
-        info=info,
+        f"release {name} ({image}) did not become healthy at {url} within {timeout:.0f}s: {problem}"
+        + (f" {dict(body)}" if body else ""),
+        info=_info(container, healthy=False, health=body, code=code),
         logs=logs,
     )
 

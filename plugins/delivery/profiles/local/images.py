@@ -404,6 +404,99 @@ def _local_image(client: docker.DockerClient, reference: str) -> Any:
         return None
 
 
+@dataclass(frozen=True)
+class _Push:
+    """One commit's image on its way to the registry."""
+
+    sha: str
+    repository: str
+    tags: tuple[str, ...]
+    registry: RegistryClient
+    docker: docker.DockerClient
+    policy: RetryPolicy
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry.host}/{self.repository}"
+
+    @property
+    def reference(self) -> str:
+        return f"{self.name}:{self.sha}"
+
+    def ref(self, **fields: Any) -> ImageRef:
+        return ImageRef(
+            registry=self.registry.host,
+            repository=self.repository,
+            tag=self.sha,
+            tags=self.tags,
+            revision=self.sha,
+            **fields,
+        )
+
+
+def _reuse_registered(push: _Push, digest: str) -> ImageRef:
+    """The commit is in the registry already: add the missing tags there, build and push nothing."""
+    retagged = []
+    for tag in push.tags[1:]:
+        if push.registry.manifest_digest(push.repository, tag) is None:
+            log.info("registry %s: tagging %s as %s (no rebuild)", push.registry.host, push.reference, tag)
+            push.registry.retag(push.repository, push.sha, tag)
+            retagged.append(tag)
+    local = _local_image(push.docker, push.reference)
+    log.info("%s is already in the registry (%s); nothing to build or push", push.reference, digest)
+    return push.ref(
+        digest=digest,
+        image_id=str(local.id) if local is not None else None,
+        built=False,
+        pushed=False,
+        retagged=tuple(retagged),
+        labels=dict(local.labels or {}) if local is not None else {},
+    )
+
+
+def _image_labels(
+    push: _Push,
+    *,
+    context: Path,
+    labels: Mapping[str, str] | None,
+    source_url: str | None,
+    branch: str | None,
+    tags_extra: Sequence[str],
+) -> dict[str, str]:
+    """The OCI labels of the commit's image: its revision, source, creation time, ref and version."""
+    all_labels = {
+        **(labels or {}),
+        REVISION_LABEL: push.sha,
+        SOURCE_LABEL: source_url or (labels or {}).get(SOURCE_LABEL) or _source_url(context),
+        CREATED_LABEL: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if branch:
+        all_labels.setdefault(REF_NAME_LABEL, branch)
+    semver = next((t for t in tags_extra if SEMVER_RE.match(t)), None)
+    if semver:
+        all_labels.setdefault(VERSION_LABEL, semver.lstrip("v"))
+    return all_labels
+
+
+def _push_all(push: _Push, image_id: str, *, built: bool) -> ImageRef:
+    """Tag the image with every tag and push them (the commit sha first)."""
+    for tag in push.tags[1:]:
+        push.docker.api.tag(image_id, push.name, tag=tag, force=True)
+    pushed_digest = push_tag(
+        push.docker, name=push.name, tag=push.sha, registry=push.registry.host, retry=push.policy
+    )
+    for tag in push.tags[1:]:
+        push_tag(push.docker, name=push.name, tag=tag, registry=push.registry.host, retry=push.policy)
+    image = push.docker.images.get(image_id)
+    return push.ref(
+        digest=push.registry.manifest_digest(push.repository, push.sha) or pushed_digest,
+        image_id=image_id,
+        built=built,
+        pushed=True,
+        labels=dict(image.labels or {}),
+    )
+
+
 def build_and_push(
     *,
     context_dir: str | Path,
@@ -438,81 +531,29 @@ def build_and_push(
         raise ImageBuildError(f"build context {context} is not a directory")
     dockerfile_rel = _dockerfile_in_context(context, dockerfile)
     policy = retry or RetryPolicy()
-    tags = tuple(image_tags(sha=sha, branch=branch, extra=tags_extra))
-    reg = registry_client or RegistryClient(registry, retry=policy)
-    name = f"{reg.host}/{repository}"
-    reference = f"{name}:{sha}"
-    docker_client = client or _docker_client()
-
-    def missing_tags() -> list[str]:
-        return [t for t in tags[1:] if reg.manifest_digest(repository, t) is None]
-
-    digest = None if force else reg.manifest_digest(repository, sha)
-    if digest is not None:
-        retagged = []
-        for tag in missing_tags():
-            log.info("registry %s: tagging %s:%s as %s (no rebuild)", reg.host, repository, sha, tag)
-            reg.retag(repository, sha, tag)
-            retagged.append(tag)
-        local = _local_image(docker_client, reference)
-        log.info("%s is already in the registry (%s); nothing to build or push", reference, digest)
-        return ImageRef(
-            registry=reg.host,
-            repository=repository,
-            tag=sha,
-            tags=tags,
-            digest=digest,
-            image_id=str(local.id) if local is not None else None,
-            revision=sha,
-            built=False,
-            pushed=False,
-            retagged=tuple(retagged),
-            labels=dict(local.labels or {}) if local is not None else {},
-        )
-
-    local = None if force else _local_image(docker_client, reference)
-    if local is not None and (local.labels or {}).get(REVISION_LABEL) == sha:
-        log.info("local image %s of commit %s exists; pushing it without a rebuild", reference, sha)
-        image_id = str(local.id)
-        built = False
-    else:
-        all_labels = {
-            **(labels or {}),
-            REVISION_LABEL: sha,
-            SOURCE_LABEL: source_url or (labels or {}).get(SOURCE_LABEL) or _source_url(context),
-            CREATED_LABEL: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        if branch:
-            all_labels.setdefault(REF_NAME_LABEL, branch)
-        semver = next((t for t in tags_extra if SEMVER_RE.match(t)), None)
-        if semver:
-            all_labels.setdefault(VERSION_LABEL, semver.lstrip("v"))
-        image_id = _build(
-            docker_client,
-            context_dir=context,
-            dockerfile=dockerfile_rel,
-            reference=reference,
-            build_args=build_args or {},
-            labels=all_labels,
-        )
-        built = True
-
-    for tag in tags[1:]:
-        docker_client.api.tag(image_id, name, tag=tag, force=True)
-    pushed_digest = push_tag(docker_client, name=name, tag=sha, registry=reg.host, retry=policy)
-    for tag in tags[1:]:
-        push_tag(docker_client, name=name, tag=tag, registry=reg.host, retry=policy)
-    digest = reg.manifest_digest(repository, sha) or pushed_digest
-    image = docker_client.images.get(image_id)
-    return ImageRef(
-        registry=reg.host,
+    push = _Push(
+        sha=sha,
         repository=repository,
-        tag=sha,
-        tags=tags,
-        digest=digest,
-        image_id=image_id,
-        revision=sha,
-        built=built,
-        pushed=True,
-        labels=dict(image.labels or {}),
+        tags=tuple(image_tags(sha=sha, branch=branch, extra=tags_extra)),
+        registry=registry_client or RegistryClient(registry, retry=policy),
+        docker=client or _docker_client(),
+        policy=policy,
     )
+    digest = None if force else push.registry.manifest_digest(repository, sha)
+    if digest is not None:
+        return _reuse_registered(push, digest)
+    local = None if force else _local_image(push.docker, push.reference)
+    if local is not None and (local.labels or {}).get(REVISION_LABEL) == sha:
+        log.info("local image %s of commit %s exists; pushing it without a rebuild", push.reference, sha)
+        return _push_all(push, str(local.id), built=False)
+    image_id = _build(
+        push.docker,
+        context_dir=context,
+        dockerfile=dockerfile_rel,
+        reference=push.reference,
+        build_args=build_args or {},
+        labels=_image_labels(
+            push, context=context, labels=labels, source_url=source_url, branch=branch, tags_extra=tags_extra
+        ),
+    )
+    return _push_all(push, image_id, built=True)

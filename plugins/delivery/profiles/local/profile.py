@@ -3,13 +3,13 @@ containers on the local Docker engine are the deploy target (with GitOps semanti
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.python import PythonOperator
 
 from delivery.catalog.models import EnvironmentSpec, Platform, Profile, Service
 from delivery.catalog.toolchains import ResolvedStage
+from delivery.profiles.base import Sync
 from delivery.profiles.local.stages import local_stage_operator
 from delivery.profiles.local.steps import local_sync
 from delivery.profiles.local.workspaces import finish_workspace, run_workspace, service_workspaces, sweep
@@ -28,25 +28,15 @@ class LocalProfile:
     ) -> Any:
         return local_stage_operator(service=service, platform=platform, stage=stage, **operator_kwargs)
 
-    def sync_task(
-        self,
-        *,
-        task_id: str,
-        service: Service,
-        platform: Platform,
-        environment: str | None,
-        commit_task: str,
-        plan_task: str | None,
-        timeout: timedelta,
-    ) -> Any:
+    def sync_task(self, sync: Sync) -> Any:
         return PythonOperator(
-            task_id=task_id,
+            task_id=sync.task_id,
             python_callable=local_sync,
             op_kwargs={
-                "service_name": service.name,
-                "environment": environment,
-                "commit_task": commit_task,
-                "plan_task": plan_task,
+                "service_name": sync.service.name,
+                "environment": sync.environment,
+                "commit_task": sync.commit_task,
+                "plan_task": sync.plan_task,
             },
         )
 

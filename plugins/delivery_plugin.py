@@ -1,4 +1,4 @@
-"""Airflow plugin: registers the delivery API (webhooks) and the DORA page with the api-server.
+"""Airflow plugin: registers the delivery API (webhooks), the DORA and notifications pages with the api-server.
 
 The ``delivery`` package itself is excluded from plugin discovery by
 ``.airflowignore``; this file is the only plugin module.
@@ -14,10 +14,16 @@ from airflow.plugins_manager import AirflowPlugin
 def _apps() -> list[dict[str, Any]]:
     from delivery.web.app import create_app
     from delivery.web.dora import app as dora_app
+    from delivery.web.notifications import app as notifications_app
 
-    # The more specific prefix first: /delivery would otherwise catch /delivery/dora.
+    # The more specific prefixes first: /delivery would otherwise catch /delivery/dora.
     return [
         {"app": dora_app, "url_prefix": "/delivery/dora", "name": "Visiobook DORA metrics"},
+        {
+            "app": notifications_app,
+            "url_prefix": "/delivery/notifications",
+            "name": "Visiobook notifications (local inbox)",
+        },
         {"app": create_app(), "url_prefix": "/delivery", "name": "Visiobook delivery"},
     ]
 
@@ -32,5 +38,12 @@ class DeliveryPlugin(AirflowPlugin):
             "destination": "nav",
             "category": "browse",
             "url_route": "dora",
-        }
+        },
+        {
+            "name": "Notifications",
+            "href": "/delivery/notifications/",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "notifications",
+        },
     ]

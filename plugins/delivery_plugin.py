@@ -1,11 +1,13 @@
 """Airflow plugin: registers the delivery API (webhooks), the DORA and notifications pages with the api-server.
 
 The ``delivery`` package itself is excluded from plugin discovery by
-``.airflowignore``; this file is the only plugin module.
+``.airflowignore``; this file is the only plugin module. The notifications page is in the
+menu only where there is a notification inbox (the local profile); elsewhere its URL says so.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -28,22 +30,32 @@ def _apps() -> list[dict[str, Any]]:
     ]
 
 
-class DeliveryPlugin(AirflowPlugin):
-    name = "visiobook_delivery"
-    fastapi_apps = _apps()
-    external_views = [
+def _views() -> list[dict[str, Any]]:
+    views = [
         {
             "name": "DORA metrics",
             "href": "/delivery/dora/",
             "destination": "nav",
             "category": "browse",
             "url_route": "dora",
-        },
-        {
-            "name": "Notifications",
-            "href": "/delivery/notifications/",
-            "destination": "nav",
-            "category": "browse",
-            "url_route": "notifications",
-        },
+        }
     ]
+    if os.environ.get(
+        "DELIVERY_NOTIFICATION_INBOX"
+    ):  # the local profile's inbox (delivery.notification_inbox)
+        views.append(
+            {
+                "name": "Notifications",
+                "href": "/delivery/notifications/",
+                "destination": "nav",
+                "category": "browse",
+                "url_route": "notifications",
+            }
+        )
+    return views
+
+
+class DeliveryPlugin(AirflowPlugin):
+    name = "visiobook_delivery"
+    fastapi_apps = _apps()
+    external_views = _views()

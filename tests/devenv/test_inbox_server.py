@@ -11,6 +11,7 @@ The senders here are plain HTTP and SMTP clients shaped like Alertmanager's (its
 from __future__ import annotations
 
 import smtplib
+import socket
 import stat
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -245,3 +246,18 @@ def test_the_certificate_is_made_once_and_its_key_is_private(tmp_path: Path) -> 
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     cert.write_text("not a certificate")
     assert ensure_certificate(cert, key) is True
+
+
+def test_a_busy_port_fails_the_start_and_nothing_is_left_listening(tmp_path: Path) -> None:
+    from delivery.devenv.daemons import port_open
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        http_port = free_port()
+        server = InboxServer(
+            store=InboxStore(tmp_path / "inbox.sqlite3"), http_port=http_port, smtp_port=busy.getsockname()[1]
+        )
+        with pytest.raises(OSError, match="in use"):
+            server.start()
+    assert not port_open(http_port)  # the ready URL never answered

@@ -335,20 +335,31 @@ class InboxServer:
         return Handler()
 
     def start(self) -> InboxServer:
+        """Bind every listener, then serve: the ready URL answers only once all three listen."""
         from aiosmtpd.controller import Controller  # the SMTP server: only in the inbox's process
 
         handler = self._handler()
-        self._servers.append(_HttpServer(int(self.ports["http"] or 0), handler, tls=None))
-        if self.ports["tls"] is not None and self.certificate is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*self.certificate)
-            self._servers.append(_HttpServer(int(self.ports["tls"]), handler, tls=context))
+        try:
+            self._servers.append(_HttpServer(int(self.ports["http"] or 0), handler, tls=None))
+            if self.ports["tls"] is not None and self.certificate is not None:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(*self.certificate)
+                self._servers.append(_HttpServer(int(self.ports["tls"]), handler, tls=context))
+            smtp = Controller(
+                self._smtp_handler(),
+                hostname=HOST,
+                port=int(self.ports["smtp"] or 0),
+                data_size_limit=MAX_BODY,
+            )
+            smtp.start()
+        except BaseException:
+            for server in self._servers:
+                server.server_close()
+            self._servers.clear()
+            raise
+        self._smtp = smtp
         for server in self._servers:
             threading.Thread(target=server.serve_forever, name="inbox-http", daemon=True).start()
-        self._smtp = Controller(
-            self._smtp_handler(), hostname=HOST, port=int(self.ports["smtp"] or 0), data_size_limit=MAX_BODY
-        )
-        self._smtp.start()
         return self
 
     @property

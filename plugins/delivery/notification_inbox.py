@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 INBOX_ENV = "DELIVERY_NOTIFICATION_INBOX"
 KEEP_ENTRIES = 5000
-BUSY_TIMEOUT_S = 10.0
+BUSY_TIMEOUT_S = 5.0
+"""A write waits this long at most for another writer: a failure callback has little time."""
 MAX_TITLE = 500
 MAX_TEXT = 20_000
 MAX_FIELD = 300

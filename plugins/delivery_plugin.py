@@ -1,11 +1,13 @@
-"""Airflow plugin: registers the delivery API (webhooks) and the DORA page with the api-server.
+"""Airflow plugin: registers the delivery API (webhooks), the DORA and notifications pages with the api-server.
 
 The ``delivery`` package itself is excluded from plugin discovery by
-``.airflowignore``; this file is the only plugin module.
+``.airflowignore``; this file is the only plugin module. The notifications page is in the
+menu only where there is a notification inbox (the local profile); elsewhere its URL says so.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -14,18 +16,22 @@ from airflow.plugins_manager import AirflowPlugin
 def _apps() -> list[dict[str, Any]]:
     from delivery.web.app import create_app
     from delivery.web.dora import app as dora_app
+    from delivery.web.notifications import app as notifications_app
 
-    # The more specific prefix first: /delivery would otherwise catch /delivery/dora.
+    # The more specific prefixes first: /delivery would otherwise catch /delivery/dora.
     return [
         {"app": dora_app, "url_prefix": "/delivery/dora", "name": "Visiobook DORA metrics"},
+        {
+            "app": notifications_app,
+            "url_prefix": "/delivery/notifications",
+            "name": "Visiobook notifications (local inbox)",
+        },
         {"app": create_app(), "url_prefix": "/delivery", "name": "Visiobook delivery"},
     ]
 
 
-class DeliveryPlugin(AirflowPlugin):
-    name = "visiobook_delivery"
-    fastapi_apps = _apps()
-    external_views = [
+def _views() -> list[dict[str, Any]]:
+    views = [
         {
             "name": "DORA metrics",
             "href": "/delivery/dora/",
@@ -34,3 +40,22 @@ class DeliveryPlugin(AirflowPlugin):
             "url_route": "dora",
         }
     ]
+    if os.environ.get(
+        "DELIVERY_NOTIFICATION_INBOX"
+    ):  # the local profile's inbox (delivery.notification_inbox)
+        views.append(
+            {
+                "name": "Notifications",
+                "href": "/delivery/notifications/",
+                "destination": "nav",
+                "category": "browse",
+                "url_route": "notifications",
+            }
+        )
+    return views
+
+
+class DeliveryPlugin(AirflowPlugin):
+    name = "visiobook_delivery"
+    fastapi_apps = _apps()
+    external_views = _views()

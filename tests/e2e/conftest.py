@@ -146,7 +146,14 @@ def local_stack(
         state=root / "state",
         catalog_dir=catalog_dir,
         airflow_url=f"http://127.0.0.1:{airflow_port}",
-        ports=Ports(prometheus=free_port(), alertmanager=free_port(), pushgateway=free_port()),
+        ports=Ports(
+            prometheus=free_port(),
+            alertmanager=free_port(),
+            pushgateway=free_port(),
+            inbox=free_port(),
+            inbox_tls=free_port(),
+            inbox_smtp=free_port(),
+        ),
         sinks=AlertSinks(),
         traffic_rps=4,
     )
@@ -156,12 +163,13 @@ def local_stack(
         port=airflow_port,
         catalog_dir=catalog_dir,
         env={
-            # The notification path posts through the Slack Web API (a bot token) to routed channels.
+            **airflow_env(root / "state", catalog_dir),
+            # The notification path posts through the Slack Web API (a bot token) to routed channels:
+            # here to the stand-in the tests read, instead of the local inbox.
             "AIRFLOW_CONN_SLACK_API": json.dumps(
                 {"conn_type": "slack", "password": "xoxb-e2e", "extra": {"base_url": f"{slack.url}/api/"}}
             ),
             "DELIVERY_CATALOG_STRICT": "1",
-            **airflow_env(root / "state", catalog_dir),
         },
     )
     airflow.start()

@@ -28,7 +28,9 @@ from delivery.devenv.monitoring_config import (
     SHIPPED_ALERTMANAGER,
     AlertSinks,
     Ports,
+    alertmanager_config,
 )
+from delivery.notification_inbox import INBOX_ENV
 from tests.helpers import ROOT
 
 
@@ -54,8 +56,15 @@ def _stack(tmp_path: Path, sinks: AlertSinks | None = None) -> MonitoringStack:
         state=tmp_path / "state",
         catalog_dir=LOCAL_CATALOG,
         airflow_url=AIRFLOW_URL,
-        ports=Ports(prometheus=19090, alertmanager=19093, pushgateway=19091),
-        sinks=sinks or AlertSinks(),
+        ports=Ports(
+            prometheus=19090,
+            alertmanager=19093,
+            pushgateway=19091,
+            inbox=19095,
+            inbox_tls=19096,
+            inbox_smtp=12525,
+        ),
+        sinks=sinks or AlertSinks(),  # empty: the inbox, whatever the environment says
         traffic_rps=2,
     )
 
@@ -244,10 +253,55 @@ def test_alertmanager_keeps_the_shipped_routing_tree(
     assert config["inhibit_rules"] == shipped["inhibit_rules"]
     assert [r["name"] for r in config["receivers"]] == [r["name"] for r in shipped["receivers"]]
     assert "/etc/alertmanager" not in text
-    # Nowhere to deliver Slack, PagerDuty or e-mail here: those integrations are left out.
+    # Each receiver keeps its integrations: Slack, PagerDuty and e-mail go to the local inbox.
+    integrations = {r["name"]: sorted(set(r) - {"name"}) for r in config["receivers"]}
+    assert integrations == {r["name"]: sorted(set(r) - {"name"}) for r in shipped["receivers"]}
+    receivers = {r["name"]: r for r in config["receivers"]}
+    for name in ("slack-critical-alerts", "slack-alerts", "slack-monitoring"):
+        (slack,) = receivers[name]["slack_configs"]
+        assert slack["api_url"] == f"http://127.0.0.1:19095/alertmanager/slack?receiver={name}"
+    (pagerduty,) = receivers["pagerduty-critical"]["pagerduty_configs"]
+    assert pagerduty["url"] == "http://127.0.0.1:19095/alertmanager/pagerduty"
+    routing_key = Path(pagerduty["routing_key_file"]).read_text()
+    assert len(routing_key) == 32 and routing_key == routing_key.strip()  # PagerDuty's shape, sent verbatim
+    assert (config["global"]["smtp_smarthost"], config["global"]["smtp_require_tls"]) == (
+        "127.0.0.1:12525",
+        False,
+    )
+    assert "smtp_auth_password_file" not in config["global"]
+
+
+def test_without_sinks_the_integrations_are_left_out(rendered: MonitoringStack) -> None:
+    config = alertmanager_config(layout=rendered.layout, airflow_url=AIRFLOW_URL, sinks=AlertSinks())
     integrations = {r["name"]: sorted(set(r) - {"name"}) for r in config["receivers"]}
     assert integrations.pop("delivery-rollback") == ["webhook_configs"]
     assert all(keys == [] for keys in integrations.values()), integrations
+
+
+def test_the_inbox_starts_first_and_alertmanager_links_to_itself(rendered: MonitoringStack) -> None:
+    daemons = rendered.daemons()
+    assert next(iter(daemons)) == "inbox"
+    inbox = daemons["inbox"]
+    assert (inbox.port, inbox.ready_url, inbox.reloads_on_sighup) == (
+        19095,
+        "http://127.0.0.1:19095/-/ready",
+        False,
+    )
+    argv = " ".join(inbox.argv)
+    for expected in (
+        f"--store={rendered.layout.inbox_store}",
+        "--http-port=19095",
+        "--tls-port=19096",
+        "--smtp-port=12525",
+        "--alertmanager-url=http://127.0.0.1:19093",
+        "--alertmanager-sender=alertmanager@visiobook.example",
+    ):
+        assert expected in argv
+    assert str(rendered.layout.root) in argv  # its pid file is trusted by this marker only
+    assert "--web.external-url=http://127.0.0.1:19093" in daemons["alertmanager"].argv
+    certificate, key = rendered.layout.inbox_certificate
+    assert certificate.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
 def test_the_rollback_webhook_calls_the_local_airflow_with_a_generated_token(
@@ -282,6 +336,10 @@ def test_alerts_go_to_the_sinks_when_there_are_some(tmp_path: Path, amtool: str,
     assert receivers["email-dev-team"]["email_configs"][0]["to"] == "dev-team@visiobook.example"
     slack_url = Path(config["global"]["slack_api_url_file"]).read_text()
     assert slack_url == "http://127.0.0.1:18999/inbox/slack"
+    assert (
+        receivers["slack-alerts"]["slack_configs"][0]["api_url"]
+        == "http://127.0.0.1:18999/inbox/slack?receiver=slack-alerts"
+    )
     assert (config["global"]["smtp_smarthost"], config["global"]["smtp_require_tls"]) == (
         "127.0.0.1:2525",
         False,
@@ -292,6 +350,9 @@ def test_alerts_go_to_the_sinks_when_there_are_some(tmp_path: Path, amtool: str,
     ("environ", "message"),
     [
         pytest.param({"PROMETHEUS_PORT": "ninety"}, "PROMETHEUS_PORT='ninety' should be a port", id="port"),
+        pytest.param(
+            {"INBOX_SMTP_PORT": "70000"}, "INBOX_SMTP_PORT='70000' should be a port", id="inbox-port"
+        ),
         pytest.param({"DELIVERY_ALERTS_SINK_URL": "inbox"}, "should be an http", id="sink"),
         pytest.param({"DELIVERY_ALERTS_SMTP": "mail"}, "should be host:port", id="smtp"),
     ],
@@ -341,4 +402,38 @@ def test_airflow_env_gives_the_verification_and_the_receiver_what_they_read(
 
     lines = banner(state)
     assert "http://127.0.0.1:19090" in lines and "http://127.0.0.1:19093" in lines
+    assert f"{AIRFLOW_URL}/delivery/notifications/" in lines
     assert token not in json.dumps(env["AIRFLOW_CONN_PROMETHEUS_DEFAULT"]) + lines
+
+
+def test_airflow_env_configures_every_notification_destination_at_the_inbox(
+    rendered: MonitoringStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.models.connection import Connection
+
+    from delivery.notify.providers import PROVIDERS, RegionalPagerdutyEventsHook
+    from delivery.notify.routing import Destination, DestinationKind
+
+    rendered.write_endpoints()
+    state = rendered.layout.root.parent
+    env = airflow_env(state, LOCAL_CATALOG)
+    assert env[INBOX_ENV] == str(rendered.layout.inbox_store)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    slack = Connection.from_json(env["AIRFLOW_CONN_SLACK_API"], conn_id="slack_api")
+    assert slack.extra_dejson["base_url"] == "http://127.0.0.1:19095/slack/api/"
+    assert slack.password and slack.password.startswith("xoxb-")
+    smtp = Connection.from_json(env["AIRFLOW_CONN_SMTP_DEFAULT"], conn_id="smtp_default")
+    assert (smtp.host, smtp.port, smtp.extra_dejson["disable_tls"]) == ("127.0.0.1", 12525, True)
+    hook = RegionalPagerdutyEventsHook(pagerduty_events_conn_id="pagerduty_default")
+    assert (hook.events_base_url, hook.events_ca_file) == (
+        "https://127.0.0.1:19096",
+        str(rendered.layout.inbox_certificate[0]),
+    )
+    # The same routing key as Alertmanager's: both page the same (local) PagerDuty service.
+    assert hook.integration_key == (rendered.layout.secrets / "pagerduty-routing-key").read_text()
+    for kind, target in (("slack", "#alerts"), ("pagerduty", "events-v2"), ("email", "oncall@visiobook.io")):
+        conn_id = {"slack": "slack_api", "pagerduty": "pagerduty_default", "email": "smtp_default"}[kind]
+        PROVIDERS[DestinationKind(kind)].check(
+            Destination(kind=DestinationKind(kind), target=target, conn_id=conn_id)
+        )

@@ -12,7 +12,10 @@ connections from ``airflow_env``. The long test walks the monitoring half of the
 3. once the release degrades, the same verification fails on the error rate;
 4. the local alert rule fires, Alertmanager calls the project's receiver in Airflow with the
    generated bearer token, exactly one ``rollback_<service>`` run starts, and production then
-   serves the previous verified release; the alert resolves.
+   serves the previous verified release; the alert resolves;
+5. the notification inbox holds what production would have paged about: the alert's P1 page
+   and its resolution (Alertmanager's PagerDuty and Slack receivers), and the rollback run's
+   own message (the pipeline's provider hooks, with the connections Airflow got).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from delivery.devenv.demo import assemble_service
 from delivery.devenv.monitoring import MonitoringStack, airflow_env
 from delivery.devenv.monitoring_config import AlertSinks, Ports
 from delivery.gitops import GitOpsRepo, ReleaseMetadata
+from delivery.notification_inbox import EntryStatus, InboxEntry, InboxStore, Source
 from delivery.pipeline import task_ids as ids
 from delivery.pipeline.factory import DagFactory
 from delivery.verification.analysis import VerificationFailed
@@ -179,7 +183,14 @@ def env(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         state=root / "state",
         catalog_dir=catalog,
         airflow_url=f"http://127.0.0.1:{airflow_port}",
-        ports=Ports(prometheus=free_port(), alertmanager=free_port(), pushgateway=free_port()),
+        ports=Ports(
+            prometheus=free_port(),
+            alertmanager=free_port(),
+            pushgateway=free_port(),
+            inbox=free_port(),
+            inbox_tls=free_port(),
+            inbox_smtp=free_port(),
+        ),
         sinks=AlertSinks(),
         traffic_rps=4,
     )
@@ -439,6 +450,54 @@ def test_a_release_that_degrades_after_verification_is_rolled_back_by_its_alert(
     assert len(env.runs(dag_id)) == 1
     notifications = _webhook_notifications(env)
     assert notifications["sent"] >= 1 and notifications["failed"] == 0, notifications
+    _paged_and_resolved_in_the_inbox(env)
+
+
+def _paged_and_resolved_in_the_inbox(env: Env) -> None:
+    """The alert's P1 page, its resolution and the rollback's own message, in the notification inbox."""
+    inbox = InboxStore(env.stack.layout.inbox_store)
+
+    def alerted(kind: str, destination: str, title_start: str = "") -> list[InboxEntry]:
+        return [
+            e
+            for e in inbox.entries(limit=1000)
+            if (e.source, e.kind, e.destination) == (Source.ALERTMANAGER, kind, destination)
+            and "HTTPErrorRateCritical" in e.title
+            and e.title.startswith(title_start)
+        ]
+
+    def diagnose() -> str:
+        return json.dumps([e.as_dict() for e in inbox.entries(limit=50)])[:4000] + "\n" + _alert_trail(env)
+
+    pages = alerted("pagerduty", "trigger")
+    assert pages and pages[-1].severity == "P1", diagnose()
+    assert pages[-1].title == f"[P1] HTTPErrorRateCritical on {env.service} (production)"
+    assert alerted("slack", "#critical-alerts", "[FIRING] P1"), diagnose()
+    # Resolved alerts are sent at the group's next interval (1 min for P1 routes).
+    resolves = wait_for(
+        lambda: alerted("pagerduty", "resolve"),
+        "the resolve of the page",
+        timeout=180,
+        every=5,
+        diagnose=diagnose,
+    )
+    assert resolves[0].detail["dedup_key"] == pages[-1].detail["dedup_key"]
+    wait_for(
+        lambda: alerted("slack", "#critical-alerts", "[RESOLVED] P1"),
+        "the [RESOLVED] post",
+        timeout=60,
+        every=5,
+        diagnose=diagnose,
+    )
+    restored = [
+        e
+        for e in inbox.entries(limit=1000)
+        if e.source is Source.PIPELINE
+        and e.kind == "slack"
+        and e.title == f"[P3] {env.service}: rolled back to the previous stable version; service restored"
+    ]
+    assert restored and restored[0].destination == "#monitoring", diagnose()
+    assert all(e.status is EntryStatus.RECEIVED for e in inbox.entries(limit=1000)), diagnose()
 
 
 # -- stop --------------------------------------------------------------------------------------
@@ -452,7 +511,17 @@ def test_stop_stops_every_process(env: Env) -> None:
     assert all(pids.values()), pids
     assert env.stack.stop() == dict.fromkeys(reversed(list(daemons)), True)
     ports = env.stack.ports
-    assert not any(port_open(p) for p in (ports.prometheus, ports.alertmanager, ports.pushgateway))
+    assert not any(
+        port_open(p)
+        for p in (
+            ports.prometheus,
+            ports.alertmanager,
+            ports.pushgateway,
+            ports.inbox,
+            ports.inbox_tls,
+            ports.inbox_smtp,
+        )
+    )
     assert all(not Path(f"/proc/{pid}").exists() or daemons[name].pid() is None for name, pid in pids.items())
     assert {k: v for k, v in env.stack.status().items() if k != "traffic_counts"} == dict.fromkeys(
         daemons, "stopped"

@@ -344,6 +344,35 @@ def test_pagerduty_throttling_is_retried_and_a_bad_key_is_not(
     assert len(pagerduty.events) == 3  # one try: a refused event cannot succeed later
 
 
+def test_pagerduty_trusts_the_certificate_authority_its_connection_names(
+    standins: Any, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """``events_ca_file``: this client alone trusts the stand-in's certificate (no SSL_CERT_FILE)."""
+    _slack, pagerduty, _smtp = standins
+    monkeypatch.delenv("SSL_CERT_FILE")
+    conn = json.loads(os.environ["AIRFLOW_CONN_PAGERDUTY_DEFAULT"])
+
+    def page(extra: dict[str, str]) -> Any:
+        monkeypatch.setenv("AIRFLOW_CONN_PAGERDUTY_DEFAULT", json.dumps({**conn, "extra": extra}))
+        report = notify_event(
+            "rollback_failed",
+            service_name=SERVICE,
+            context=context_of(FakeTaskInstance()),
+            catalog=catalog,
+            policy=FAST,
+        )
+        return next(d for d in report.deliveries if d.destination.kind.value == "pagerduty")
+
+    trusted = page({"events_base_url": pagerduty.url, "events_ca_file": str(pagerduty.ca_file)})
+    assert trusted.status.value == "delivered" and len(pagerduty.accepted()) == 1
+    unknown = page({"events_base_url": pagerduty.url})  # the system's authorities do not know it
+    assert unknown.status.value == "failed" and "PagerDuty unreachable" in str(unknown.error)
+    assert len(pagerduty.accepted()) == 1
+    missing = page({"events_base_url": pagerduty.url, "events_ca_file": str(tmp_path / "nowhere.pem")})
+    assert missing.status.value == "not configured"
+    assert "events_ca_file" in str(missing.error) and "cannot be read" in str(missing.error)
+
+
 @pytest.mark.parametrize(
     ("reply", "delivered", "tries"),
     [

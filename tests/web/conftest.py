@@ -56,6 +56,19 @@ def deployed_dags(airflow_db: object) -> dict[str, str]:
     return {"delivery": dags[0].dag_id, "rollback": dags[1].dag_id}
 
 
+@pytest.fixture(scope="session")
+def token(airflow_db: object) -> str:
+    """A JWT signed by Airflow's configured auth manager, as the API server issues it (the UI pages').
+
+    Validation also checks the token is not revoked, in the metadata DB: hence ``airflow_db``.
+    """
+    from airflow.api_fastapi.app import init_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    manager = init_auth_manager()
+    return manager.generate_jwt(SimpleAuthManagerUser(username="alice", role="viewer"))  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def receiver_env(deployed_dags: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The local catalog and both receivers' secrets as Airflow connections; fresh caches."""

@@ -17,19 +17,6 @@ def _known_report(**_: Any) -> dora.DoraReport:
     return dora.compute(releases=RELEASES, runs=RUNS, since=SINCE, until=UNTIL, commit_times=COMMIT_TIMES)
 
 
-@pytest.fixture(scope="module")
-def token(airflow_db: object) -> str:
-    """A JWT signed by Airflow's configured auth manager, as the API server issues it.
-
-    Validation also checks the token is not revoked, in the metadata DB: hence ``airflow_db``.
-    """
-    from airflow.api_fastapi.app import init_auth_manager
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-    manager = init_auth_manager()
-    return manager.generate_jwt(SimpleAuthManagerUser(username="alice", role="viewer"))  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     app.dependency_overrides[report_loader] = lambda: _known_report

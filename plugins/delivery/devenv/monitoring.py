@@ -15,17 +15,22 @@ file and a log under ``<state>/monitoring/run``:
 * **Prometheus** (Debian ``prometheus``): the demo containers of every environment, the
   delivery metrics, the local alert rules; data in ``<state>/monitoring/prometheus/data``;
 * **demo traffic** (:mod:`delivery.devenv.traffic`): a few requests per second to every
-  environment, standing in for users, so that error rates and latencies mean something.
+  environment, standing in for users, so that error rates and latencies mean something;
+* the **notification inbox** (:mod:`delivery.devenv.inbox_server`): Slack, PagerDuty and SMTP
+  endpoints that record what the pipelines and Alertmanager's receivers send
+  (``<state>/monitoring/inbox``), listed in the Airflow UI under *Browse > Notifications*.
 
 It is idempotent: a server already started from the same state folder is adopted and
 reloads its configuration (SIGHUP); one started with other settings (a port) is restarted.
-``stop`` stops the four. Ports: ``PROMETHEUS_PORT`` (9090), ``ALERTMANAGER_PORT`` (9093),
-``PUSHGATEWAY_PORT`` (9091); ``DELIVERY_DEMO_TRAFFIC_RPS`` (2; 0 turns the traffic off).
+``stop`` stops them all. Ports: ``PROMETHEUS_PORT`` (9090), ``ALERTMANAGER_PORT`` (9093),
+``PUSHGATEWAY_PORT`` (9091), ``INBOX_PORT`` (9095), ``INBOX_TLS_PORT`` (9096),
+``INBOX_SMTP_PORT`` (2525); ``DELIVERY_DEMO_TRAFFIC_RPS`` (2; 0 turns the traffic off).
 
 :func:`airflow_env` gives the Airflow processes what they need to use all this: the
-Prometheus connection of the verification, the bearer token of the Alertmanager webhook
-(both as ``AIRFLOW_CONN_*`` variables named after the catalog's connection ids) and the
-Pushgateway as the metrics backend.
+Prometheus connection of the verification, the bearer token of the Alertmanager webhook,
+the Slack, PagerDuty and SMTP connections of the notifications, pointed at the inbox (all
+as ``AIRFLOW_CONN_*`` variables named after the catalog's connection ids), the inbox store
+and the Pushgateway as the metrics backend.
 """
 
 from __future__ import annotations
@@ -42,8 +47,20 @@ from pathlib import Path
 from typing import Any
 
 from delivery.catalog import load_catalog
+from delivery.catalog.models import Connections
 from delivery.devenv.daemons import Daemon, DaemonError
-from delivery.devenv.monitoring_config import AlertSinks, Layout, Ports, webhook_token, write_configs
+from delivery.devenv.inbox_server import SLACK_API_PATH, ensure_certificate
+from delivery.devenv.monitoring_config import (
+    AlertSinks,
+    Layout,
+    Ports,
+    alertmanager_sender,
+    pagerduty_routing_key,
+    slack_bot_token,
+    webhook_token,
+    write_configs,
+)
+from delivery.notification_inbox import INBOX_ENV
 from delivery.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -85,6 +102,14 @@ class Endpoints:
     pushgateway: str
     airflow: str
     traffic_rps: float
+    inbox: str = ""
+    """HTTP endpoints of the notification inbox (Slack Web API under ``/slack/api/``)."""
+    inbox_tls: str = ""
+    """HTTPS base URL of its PagerDuty Events v2 endpoint."""
+    inbox_smtp: str = ""
+    """``host:port`` of its SMTP server."""
+    inbox_certificate: str = ""
+    inbox_store: str = ""
 
 
 class MonitoringStack:
@@ -104,18 +129,58 @@ class MonitoringStack:
         self.catalog_dir = Path(catalog_dir).resolve()
         self.airflow_url = airflow_url.rstrip("/")
         self.ports = ports or Ports.from_env()
-        self.sinks = sinks or AlertSinks.from_env()
         rps = os.environ.get("DELIVERY_DEMO_TRAFFIC_RPS", "") if traffic_rps is None else traffic_rps
         self.traffic_rps = float(rps) if str(rps).strip() else DEFAULT_TRAFFIC_RPS
+        # Alertmanager's Slack, PagerDuty and e-mail go to the inbox, unless sent elsewhere.
+        wanted = AlertSinks.from_env() if sinks is None else sinks
+        inbox = self.endpoints
+        self.sinks = AlertSinks(
+            http_url=wanted.http_url or f"{inbox.inbox}/alertmanager", smtp=wanted.smtp or inbox.inbox_smtp
+        )
 
     @property
     def endpoints(self) -> Endpoints:
+        ports = self.ports
         return Endpoints(
-            prometheus=f"http://127.0.0.1:{self.ports.prometheus}",
-            alertmanager=f"http://127.0.0.1:{self.ports.alertmanager}",
-            pushgateway=f"http://127.0.0.1:{self.ports.pushgateway}",
+            prometheus=f"http://127.0.0.1:{ports.prometheus}",
+            alertmanager=f"http://127.0.0.1:{ports.alertmanager}",
+            pushgateway=f"http://127.0.0.1:{ports.pushgateway}",
             airflow=self.airflow_url,
             traffic_rps=self.traffic_rps,
+            inbox=f"http://127.0.0.1:{ports.inbox}",
+            inbox_tls=f"https://127.0.0.1:{ports.inbox_tls}",
+            inbox_smtp=f"127.0.0.1:{ports.inbox_smtp}",
+            inbox_certificate=str(self.layout.inbox_certificate[0]),
+            inbox_store=str(self.layout.inbox_store),
+        )
+
+    def _inbox(self, run: Path, marker: str, alertmanager_from: str | None) -> Daemon:
+        """The notification inbox: Slack, PagerDuty and SMTP endpoints that record (see the module doc)."""
+        lay, ports = self.layout, self.ports
+        certificate, key = lay.inbox_certificate
+        argv = [
+            sys.executable,
+            "-m",
+            "delivery.devenv.inbox_server",
+            f"--store={lay.inbox_store}",
+            f"--http-port={ports.inbox}",
+            f"--tls-port={ports.inbox_tls}",
+            f"--smtp-port={ports.inbox_smtp}",
+            f"--certificate={certificate}",
+            f"--key={key}",
+            f"--alertmanager-url=http://127.0.0.1:{ports.alertmanager}",
+        ]
+        if alertmanager_from:
+            argv.append(f"--alertmanager-sender={alertmanager_from}")
+        return Daemon(
+            name="inbox",
+            argv=argv,
+            folder=run,
+            marker=marker,
+            port=ports.inbox,
+            ready_url=f"http://127.0.0.1:{ports.inbox}/-/ready",
+            env={"PYTHONPATH": str(PROJECT_ROOT / "plugins")},
+            reloads_on_sighup=False,  # nothing to reload: adopted as is
         )
 
     def daemons(self, *, to_start: bool = False) -> dict[str, Daemon]:
@@ -138,6 +203,7 @@ class MonitoringStack:
             )
 
         daemons = {
+            "inbox": self._inbox(run, marker, alertmanager_sender()),
             "pushgateway": server(
                 "pushgateway",
                 ports.pushgateway,
@@ -156,6 +222,8 @@ class MonitoringStack:
                     f"--config.file={lay.alertmanager_config}",
                     f"--storage.path={lay.alertmanager_data}",
                     f"--web.listen-address=127.0.0.1:{ports.alertmanager}",
+                    # Links in its notifications (PagerDuty's client_url, the e-mails) lead here.
+                    f"--web.external-url=http://127.0.0.1:{ports.alertmanager}",
                     "--cluster.listen-address=",  # one instance: no gossip port
                 ],
             ),
@@ -194,6 +262,7 @@ class MonitoringStack:
             log.warning("catalog: %s", issue)
         for folder in (self.layout.prometheus_data, self.layout.alertmanager_data, self.layout.run):
             folder.mkdir(parents=True, exist_ok=True)
+        ensure_certificate(*self.layout.inbox_certificate)
         self.layout.pushgateway_file.parent.mkdir(parents=True, exist_ok=True)
         write_configs(
             layout=self.layout,
@@ -283,8 +352,56 @@ def airflow_env(state: Path, catalog_dir: Path | None = None) -> dict[str, str]:
     return {
         f"AIRFLOW_CONN_{connections.prometheus.upper()}": json.dumps(prometheus_conn),
         f"AIRFLOW_CONN_{connections.alertmanager_webhook.upper()}": json.dumps(webhook_conn),
+        **inbox_connections(state, endpoints, connections),
         "DELIVERY_METRICS_BACKEND": "pushgateway",
         "DELIVERY_METRICS_URL": str(endpoints["pushgateway"]),
+    }
+
+
+def inbox_connections(state: Path, endpoints: dict[str, Any], connections: Connections) -> dict[str, str]:
+    """The notification connections, pointed at the inbox, and the inbox store (empty without an inbox).
+
+    Every destination of the notification path is configured: Slack's Web API (a local bot
+    token), PagerDuty Events v2 (the local routing key; the inbox's certificate trusted by
+    this connection only) and SMTP (no TLS on loopback).
+    """
+    if not endpoints.get("inbox"):  # written by a start from before the inbox
+        return {}
+    layout = Layout.for_state(state)
+    smtp_host, smtp_port = str(endpoints["inbox_smtp"]).rsplit(":", 1)
+    slack = {
+        "conn_type": "slack",
+        "password": slack_bot_token(layout),
+        "extra": {"base_url": f"{endpoints['inbox']}{SLACK_API_PATH.removesuffix('chat.postMessage')}"},
+        "description": "Slack Web API of the local notification inbox",
+    }
+    pagerduty = {
+        "conn_type": "pagerduty_events",
+        "password": pagerduty_routing_key(layout),
+        "extra": {
+            "events_base_url": str(endpoints["inbox_tls"]),  # RegionalPagerdutyEventsHook's extras
+            "events_ca_file": str(endpoints["inbox_certificate"]),
+        },
+        "description": "PagerDuty Events v2 of the local notification inbox",
+    }
+    smtp_extra = {
+        "disable_tls": True,
+        "disable_ssl": True,
+        "from_email": "delivery@visiobook.io",
+        "timeout": 10,
+    }
+    smtp = {
+        "conn_type": "smtp",
+        "host": smtp_host,
+        "port": int(smtp_port),
+        "extra": smtp_extra,  # plain SMTP on loopback; the providers' sender
+        "description": "SMTP server of the local notification inbox",
+    }
+    return {
+        f"AIRFLOW_CONN_{connections.slack_api.upper()}": json.dumps(slack),
+        f"AIRFLOW_CONN_{connections.pagerduty.upper()}": json.dumps(pagerduty),
+        f"AIRFLOW_CONN_{connections.smtp.upper()}": json.dumps(smtp),
+        INBOX_ENV: str(endpoints["inbox_store"]),
     }
 
 
@@ -302,6 +419,8 @@ def banner(state: Path) -> str:
             f"  Alertmanager   {endpoints['alertmanager']}/#/alerts",
             f"  Pushgateway    {endpoints['pushgateway']}   (delivery_* metrics of the pipelines)",
             f"  demo traffic   {traffic}",
+            f"  notifications  {endpoints['airflow']}/delivery/notifications/   (the Slack, PagerDuty and "
+            "e-mail messages, received by the local inbox)",
         ]
     )
 

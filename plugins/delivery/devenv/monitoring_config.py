@@ -26,11 +26,14 @@ Rules: the shipped ``delivery.yml`` and ``gpu.yml``, and ``include/monitoring/lo
 
 **Alertmanager**: the shipped ``alertmanager.yml`` (same routing tree, grouping, inhibition,
 receivers), with the ``delivery-rollback`` webhook pointed at the local Airflow and its bearer
-token read from a generated file. Slack, PagerDuty and e-mail cannot be reached from here:
-with ``DELIVERY_ALERTS_SINK_URL`` (an HTTP endpoint taking Slack posts at ``<url>/slack`` and
-PagerDuty events at ``<url>/pagerduty``) and ``DELIVERY_ALERTS_SMTP`` (``host:port``) they go
-there; without, those integrations are left out and the receivers stay, silent (the
-Alertmanager UI still shows every alert and where it was routed).
+token read from a generated file. Slack, PagerDuty and e-mail cannot be reached from here: they
+go to the sinks of :class:`AlertSinks`, an HTTP endpoint taking Slack posts at ``<url>/slack``
+and PagerDuty events at ``<url>/pagerduty``, and an SMTP server (``host:port``). The local
+monitoring points them at its notification inbox (:mod:`delivery.devenv.inbox_server`);
+``DELIVERY_ALERTS_SINK_URL`` and ``DELIVERY_ALERTS_SMTP`` point them elsewhere. Each Slack
+receiver posts to ``<url>/slack?receiver=<name>`` so that the inbox can link the receiver's
+alerts. With no sink (``AlertSinks()``), those integrations are left out and the receivers
+stay, silent (the Alertmanager UI still shows every alert and where it was routed).
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ import copy
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import yaml
 
@@ -68,12 +72,19 @@ class Ports:
     prometheus: int = 9090
     alertmanager: int = 9093
     pushgateway: int = 9091
+    inbox: int = 9095
+    """The notification inbox's HTTP endpoints (Slack, Alertmanager's PagerDuty)."""
+    inbox_tls: int = 9096
+    """Its HTTPS endpoint: PagerDuty Events v2 for the pipeline's client, which takes https only."""
+    inbox_smtp: int = 2525
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Ports:
+        """``PROMETHEUS_PORT``, ``ALERTMANAGER_PORT``, ``PUSHGATEWAY_PORT``, ``INBOX_PORT``,
+        ``INBOX_TLS_PORT``, ``INBOX_SMTP_PORT`` override the defaults."""
         env = os.environ if environ is None else environ
         values = {}
-        for name in ("prometheus", "alertmanager", "pushgateway"):
+        for name in ("prometheus", "alertmanager", "pushgateway", "inbox", "inbox_tls", "inbox_smtp"):
             raw = env.get(f"{name.upper()}_PORT", "").strip()
             if raw:
                 if not raw.isdigit() or not 0 < int(raw) < 65536:
@@ -138,6 +149,16 @@ class Layout:
     @property
     def token_file(self) -> Path:
         return self.secrets / "delivery-webhook-token"
+
+    @property
+    def inbox_store(self) -> Path:
+        """The notification inbox (SQLite), read by the page in the Airflow UI."""
+        return self.root / "inbox" / "notifications.sqlite3"
+
+    @property
+    def inbox_certificate(self) -> tuple[Path, Path]:
+        """The inbox's TLS certificate (public: the PagerDuty connection trusts it) and key."""
+        return self.root / "inbox" / "tls.pem", self.secrets / "inbox-tls.key"
 
     @property
     def endpoints_file(self) -> Path:
@@ -230,11 +251,21 @@ def _integrations(config: dict[str, Any], *, layout: Layout, sinks: AlertSinks) 
         for pagerduty in receiver.get("pagerduty_configs", []):
             pagerduty["url"] = f"{sinks.http_url}/pagerduty"
             pagerduty["routing_key_file"] = str(layout.secrets / "pagerduty-routing-key")
+        for slack in receiver.get("slack_configs", []) if sinks.http_url else []:
+            slack["api_url"] = f"{sinks.http_url}/slack?{urlencode({'receiver': receiver['name']})}"
         if not sinks.http_url:
             receiver.pop("slack_configs", None)
             receiver.pop("pagerduty_configs", None)
         if not sinks.smtp:
             receiver.pop("email_configs", None)
+
+
+def alertmanager_sender(shipped: Mapping[str, Any] | None = None) -> str | None:
+    """The envelope sender of Alertmanager's e-mails (the shipped ``global.smtp_from``)."""
+    if shipped is None:
+        shipped = yaml.safe_load(SHIPPED_ALERTMANAGER.read_text(encoding="utf-8"))
+    sender = (shipped.get("global") or {}).get("smtp_from")
+    return str(sender) if sender else None
 
 
 def alertmanager_config(
@@ -272,11 +303,27 @@ def _write_secret(path: Path, content: str) -> None:
     path.chmod(0o600)
 
 
+def _kept_secret(path: Path, make: Callable[[], str], *, valid: Callable[[str], bool] = bool) -> str:
+    """The secret in ``path``, generated once with ``make`` and kept (0600) while ``valid``."""
+    if not path.is_file() or not valid(path.read_text().strip()):
+        _write_secret(path, make())
+    return path.read_text().strip()
+
+
 def webhook_token(layout: Layout) -> str:
     """The bearer token shared by Alertmanager and Airflow, generated once and kept (0600)."""
-    if not layout.token_file.is_file() or not layout.token_file.read_text().strip():
-        _write_secret(layout.token_file, secrets.token_urlsafe(32))
-    return layout.token_file.read_text().strip()
+    return _kept_secret(layout.token_file, lambda: secrets.token_urlsafe(32))
+
+
+def pagerduty_routing_key(layout: Layout) -> str:
+    """The local PagerDuty routing key (32 characters, as PagerDuty's): Alertmanager's and Airflow's."""
+    path = layout.secrets / "pagerduty-routing-key"
+    return _kept_secret(path, lambda: secrets.token_hex(16), valid=lambda key: len(key) == 32)
+
+
+def slack_bot_token(layout: Layout) -> str:
+    """The bot token of the local ``slack_api`` connection (the inbox only checks that one is sent)."""
+    return _kept_secret(layout.secrets / "slack-bot-token", lambda: f"xoxb-local-{secrets.token_hex(12)}")
 
 
 def write_configs(
@@ -293,7 +340,7 @@ def write_configs(
     webhook_token(layout)
     if sinks.http_url:
         _write_secret(layout.secrets / "slack-webhook-url", f"{sinks.http_url}/slack")
-        _write_secret(layout.secrets / "pagerduty-routing-key", "local")
+        pagerduty_routing_key(layout)
     header = "# Generated by delivery.devenv.monitoring from include/monitoring; edits are overwritten.\n"
     prometheus = prometheus_config(
         ports=ports, services=services, docker_host=docker_host, airflow_metrics=airflow_metrics

@@ -22,13 +22,20 @@ its connection handling and event building (``prepare_event_data``) and
 passes the ``pagerduty`` client's supported ``base_url`` setting from the
 connection's extra ``events_base_url`` (for example
 ``https://events.eu.pagerduty.com`` for an EU account). The client only
-accepts ``https://`` base URLs.
+accepts ``https://`` base URLs. The extra ``events_ca_file`` (a PEM file) makes
+this one client trust that certificate authority instead of the system's: the
+local profile's inbox serves PagerDuty's endpoint over TLS with a certificate of
+its own (:mod:`delivery.devenv.inbox_server`). Trusting it through ``SSL_CERT_FILE``
+instead, as a test can, would replace the trusted roots of every TLS client of the
+process and of the programs it starts (git, the Docker CLI), not of this one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import smtplib
+import ssl
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pagerduty
@@ -47,6 +54,7 @@ if TYPE_CHECKING:
     from delivery.notify.messages import EventMessage
 
 EVENTS_BASE_URL_EXTRA = "events_base_url"
+EVENTS_CA_FILE_EXTRA = "events_ca_file"
 SLACK_USERNAME = "Visiobook Delivery"
 FROM_EMAIL = "delivery@visiobook.io"
 
@@ -141,11 +149,15 @@ class RegionalPagerdutyEventsHook(PagerdutyEventsHook):
         super().__init__(integration_key=integration_key, pagerduty_events_conn_id=pagerduty_events_conn_id)
         extra = self.get_connection(pagerduty_events_conn_id).extra_dejson or {}
         self.events_base_url: str | None = extra.get(EVENTS_BASE_URL_EXTRA) or None
+        self.events_ca_file: str | None = extra.get(EVENTS_CA_FILE_EXTRA) or None
         self.timeout_s = timeout_s
 
     def send_event(self, summary: str, severity: str, **kwargs: Any) -> str:  # type: ignore[override]
         data = prepare_event_data(summary=summary, severity=severity, **kwargs)
-        client = pagerduty.EventsApiV2Client(self.integration_key, base_url=self.events_base_url)
+        tls: dict[str, Any] = {}
+        if self.events_ca_file:  # httpx2's ``verify``: this client only trusts that authority
+            tls["verify"] = ssl.create_default_context(cafile=self.events_ca_file)
+        client = pagerduty.EventsApiV2Client(self.integration_key, base_url=self.events_base_url, **tls)
         client.timeout = self.timeout_s  # type: ignore[assignment]  # httpx takes float seconds
         client.max_network_attempts = 0  # the first network error is raised
         client.retry = {429: 1}  # a 429 follows the counted path below, not the unlimited one
@@ -162,7 +174,13 @@ class PagerDutyProvider:
     kind: ClassVar[DestinationKind] = DestinationKind.PAGERDUTY
 
     def check(self, destination: Destination) -> None:
-        connection(destination.conn_id, secret="routing key")
+        conn = connection(destination.conn_id, secret="routing key")
+        ca_file = (conn.extra_dejson or {}).get(EVENTS_CA_FILE_EXTRA)
+        if ca_file and not os.access(ca_file, os.R_OK):
+            raise NotConfigured(
+                f"connection {destination.conn_id!r}: its extra {EVENTS_CA_FILE_EXTRA} {ca_file!r} "
+                "cannot be read (a PEM file of the certificate authority to trust)"
+            )
 
     def send(
         self, destination: Destination, message: EventMessage, *, dedup_key: str | None, timeout_s: float

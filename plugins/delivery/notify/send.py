@@ -36,6 +36,7 @@ import tenacity
 from airflow.sdk.bases.notifier import BaseNotifier
 from tenacity.stop import stop_base
 
+from delivery.notification_inbox import EntryStatus, InboxEntry, Source, record, slack_plain, store_from_env
 from delivery.notify.messages import EventMessage, RunInfo, build_message
 from delivery.notify.routing import (
     PRODUCTION_FAILURE,
@@ -334,7 +335,45 @@ def send_message(
         if result.status is DeliveryStatus.DELIVERED and marks is not None and mark_key:
             marks.mark(f"{mark_key}|{destination}")
         deliveries.append(result)
+    _record_undelivered(message, deliveries, key=key)
     return deliveries
+
+
+_UNDELIVERED = {
+    DeliveryStatus.NOT_CONFIGURED: EntryStatus.NOT_CONFIGURED,
+    DeliveryStatus.FAILED: EntryStatus.FAILED,
+}
+
+
+def _record_undelivered(message: EventMessage, deliveries: list[Delivery], *, key: str | None) -> None:
+    """In the local profile, list in the notification inbox what did not reach its destination.
+
+    What was delivered is recorded by the inbox's own endpoints, as it arrives; this records
+    the rest, so that a destination without a connection shows as such. Never raises.
+    """
+    missed = [d for d in deliveries if d.status in _UNDELIVERED]
+    if not missed or store_from_env() is None:
+        return
+    text, links = slack_plain(message.slack_text())
+    for delivery in missed:
+        destination = delivery.destination
+        pagerduty = destination.kind is DestinationKind.PAGERDUTY
+        detail = {"reason": delivery.error or "", "connection": destination.conn_id}
+        if pagerduty and key:
+            detail["dedup_key"] = key
+        record(
+            InboxEntry(
+                source=Source.PIPELINE,
+                kind=destination.kind.value,
+                destination=destination.action if pagerduty else destination.target,
+                title=message.title,
+                text=text,
+                severity=message.event.severity.value,
+                status=_UNDELIVERED[delivery.status],
+                link=links[-1] if links else message.run_url,
+                detail=detail,
+            )
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -432,6 +471,17 @@ def notify_event(
         log.error("Could not send the %s notification of %s: %s", event.value, report.service, error)
         routing = Destination(kind=DestinationKind.SLACK, target="(routing)", conn_id="")
         report.deliveries.append(Delivery(destination=routing, status=DeliveryStatus.FAILED, error=error))
+        record(
+            InboxEntry(
+                source=Source.PIPELINE,
+                kind="routing",
+                destination="(no destination known)",
+                title=f"[{report.severity}] {report.service}: {event.value}",
+                severity=report.severity,
+                status=EntryStatus.FAILED,
+                detail={"reason": error},
+            )
+        )
     log.info(
         "%s %s of %s: %s",
         event.severity.value,

@@ -21,33 +21,15 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from delivery.reporting.dora import DoraReport, human_duration, load_report, parse_window
+from delivery.web.auth import require_user
 from delivery.web.cache import TtlCache
 
-TOKEN_COOKIE = "_token"  # airflow.api_fastapi.auth.managers.base_auth_manager.COOKIE_NAME_JWT_TOKEN
 CACHE_TTL_S = 60.0
 CACHE_SIZE = 32
 
 ReportLoader = Callable[..., DoraReport]
 
 app = FastAPI(title="Visiobook delivery: DORA metrics", docs_url=None, redoc_url=None, openapi_url=None)
-
-
-async def require_user(request: Request) -> Any:
-    """The Airflow user of the request's JWT (Bearer header first, then the UI cookie), or 401."""
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    token = token or request.cookies.get(TOKEN_COOKIE, "")
-    unauthorized = {"WWW-Authenticate": "Bearer"}
-    if not token:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Not authenticated", headers=unauthorized)
-    try:
-        from airflow.api_fastapi.app import get_auth_manager
-
-        return await get_auth_manager().get_user_from_token(token)
-    except Exception as exc:  # expired, revoked, bad signature, no auth manager
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "Invalid or expired token", headers=unauthorized
-        ) from exc
 
 
 REPORTS: TtlCache[DoraReport] = TtlCache(ttl=CACHE_TTL_S, maxsize=CACHE_SIZE)

@@ -278,7 +278,11 @@ def test_the_delivery_metrics_reach_prometheus_through_the_pushgateway(
 
     for name, value in airflow_env(env.root / "state", env.catalog).items():
         monkeypatch.setenv(name, value)  # what the Airflow tasks get
-    assert metrics.record_deploy(service=env.service, environment="staging", result="success", duration_s=42)
+    run = metrics.Run(service=env.service, dag_id=f"deliver_{env.service}", run_id="manual__metrics")
+    outcome = metrics.RunOutcome(
+        deploys=(metrics.Deploy(environment="staging", result="success", duration_s=42),)
+    )
+    assert metrics.record_run(run, outcome)
     query = f'delivery_deploy_total{{service="{env.service}",environment="staging",result="success"}} == 1'
     found = wait_for(lambda: env.query(query), "the pushed deploy counter in Prometheus", timeout=30)
     assert found[0]["metric"]["job"] == "delivery"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import kubernetes_validate
 import pytest
 
@@ -82,3 +84,26 @@ def test_every_run_gets_its_own_workspace_folder_on_the_claim(run_id: str) -> No
     assert {e["name"]: e.get("value") for e in other["spec"]["containers"][0]["env"]}[
         "DELIVERY_RUN_KEY"
     ] != key
+
+
+def _quality_scan_pod(trusted: bool) -> dict:  # type: ignore[type-arg]
+    from kubernetes.client import ApiClient
+
+    from delivery.profiles.kubernetes.pods import pod_operator
+
+    service = CATALOG.service("visiobook-web")
+    stage = resolve_stages(service, CATALOG.platform)[Stage.QUALITY_SCAN]
+    op = pod_operator(service=service, platform=CATALOG.platform, stage=stage, task_id="quality_scan")
+    ti = SimpleNamespace(dag_id=service.dag_id, task_id="validate.quality_scan", map_index=-1, try_number=1)
+    context = {"params": {"trusted": trusted}, "run_id": "manual__x", "ti": ti, "dag": SimpleNamespace()}
+    pod = op.build_pod_request_obj(context=context, dry_run=True)  # type: ignore[arg-type]
+    return dict(ApiClient().sanitize_for_serialization(pod))
+
+
+def test_an_untrusted_pull_requests_stage_gets_no_secret() -> None:
+    def secret_refs(pod: dict) -> set[str]:  # type: ignore[type-arg]
+        env = pod["spec"]["containers"][0].get("env") or []
+        return {e["name"] for e in env if (e.get("valueFrom") or {}).get("secretKeyRef")}
+
+    assert secret_refs(_quality_scan_pod(trusted=True)) == {"SONAR_TOKEN", "SONAR_HOST_URL"}
+    assert secret_refs(_quality_scan_pod(trusted=False)) == set()

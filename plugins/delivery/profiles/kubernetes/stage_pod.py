@@ -63,13 +63,11 @@ class StagePodOperator(KubernetesPodOperator):
         env.filters.update(TEMPLATE_FILTERS)
         return env
 
-    def execute(self, context: Context) -> Any:
-        if untrusted(context) and self.secrets:
-            self.log.warning("Untrusted pull request: the stage runs without its secrets")
-            self.secrets = []
-        return super().execute(context)
-
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        if context is not None and untrusted(context) and self.secrets:
+            # Untrusted code (a fork's or an outside contributor's pull request) never sees a secret.
+            self.log.warning("Untrusted pull request: the stage's pod gets none of its secrets")
+            self.secrets = []
         pod = super().build_pod_request_obj(context, dry_run=dry_run)
         if not self.avoid_previous_nodes or context is None or dry_run:
             return pod

@@ -100,3 +100,26 @@ def test_db_migration_rollback_waits_for_a_restored_backup(rollback_env: Rollbac
     assert head["Delivery-Action"] == "rollback" and head["Delivery-Image-Tag"] == env.good_tag
     assert head["Delivery-Reason"] == reason
     assert head["Delivery-Approver"] == "carol"
+
+
+def test_a_target_that_was_never_verified_needs_an_approvers_continue(rollback_env: RollbackEnv) -> None:
+    env = rollback_env
+    env.deploy("rb-web", env.good_tag, verified=True)
+    env.deploy("rb-web", "b" * 40, verified=None)
+    unverified = env.deploy("rb-web", env.good_tag, verified=None)  # the same image, never verified
+    env.deploy("rb-web", "c" * 40, verified=None)  # current
+    before = env.log("rb-web")[0]["sha"]
+
+    reason = "roll back to the build we know, verified or not"
+    run_id = env.airflow.trigger(WEB, conf={"reason": reason, "target_version": unverified[:12]})
+    env.airflow.wait_task(WEB, run_id, "restore_database", states=("awaiting_input",), timeout=180)
+    hitl = env.airflow.hitl(WEB, run_id, "restore_database")
+    assert "never passed production verification" in hitl["body"] and reason in hitl["body"]
+    assert env.log("rb-web")[0]["sha"] == before, "nothing may be reverted before an approver confirms"
+    env.airflow.respond(WEB, run_id, "restore_database", option="Continue", user="mallory", expect=(403,))
+    env.airflow.respond(WEB, run_id, "restore_database", option="Continue", user="bob")
+
+    assert env.airflow.wait_run(WEB, run_id, timeout=240) == "success", env.airflow.task_states(WEB, run_id)
+    head = env.log("rb-web")[0]
+    assert head["Delivery-Action"] == "rollback" and head["Delivery-Rollback-To"] == unverified
+    assert head["Delivery-Approver"] == "bob" and head["Delivery-Reason"] == reason

@@ -104,6 +104,7 @@ def test_db_migration_rollback_waits_for_a_restored_backup(rollback_env: Rollbac
 
 def test_a_target_that_was_never_verified_needs_an_approvers_continue(rollback_env: RollbackEnv) -> None:
     env = rollback_env
+    env.deploy("rb-web", "d" * 40, verified=None)  # whatever the earlier tests left: a change
     env.deploy("rb-web", env.good_tag, verified=True)
     env.deploy("rb-web", "b" * 40, verified=None)
     unverified = env.deploy("rb-web", env.good_tag, verified=None)  # the same image, never verified

@@ -51,9 +51,9 @@ class Delivery:
     stack: LocalStack
     approver: str
     sha: str
-    run_id: str
     staging_before: list[str]
     production_before: list[str]
+    run_id: str = ""
     asked_at: float | None = None  # when its approval was first seen waiting
     approved: bool = False
 
@@ -69,11 +69,10 @@ def fleet(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield [first, *first.others]
 
 
-def _deliver(stack: LocalStack, approver: str, version: str) -> Delivery:
+def _release(stack: LocalStack, approver: str, version: str) -> Delivery:
     staging, production = stack.gitops_log("staging"), stack.gitops_log("production")
     sha = stack.commit(f"release {version}", {"VERSION": f"{version}\n"})
-    run_id = stack.airflow.trigger(stack.dag_id, conf={"ref": "main", "sha": sha})
-    return Delivery(stack, approver, sha, run_id, staging, production)
+    return Delivery(stack, approver, sha, staging, production)
 
 
 def _task_instances(stack: LocalStack, run_id: str) -> dict[str, dict[str, Any]]:
@@ -161,9 +160,11 @@ def _new_deploys(stack: LocalStack, environment: str, before: list[str]) -> list
 def test_pipelines_complete_once_after_losing_a_worker_and_a_scheduler(fleet: list[LocalStack]) -> None:
     airflow = fleet[0].airflow
     deliveries = [
-        _deliver(stack, approver, f"3.{n}.0")
+        _release(stack, approver, f"3.{n}.0")
         for n, (stack, approver) in enumerate(zip(fleet, APPROVERS, strict=True))
     ]
+    for d in deliveries:  # all at once
+        d.run_id = airflow.trigger(d.stack.dag_id, conf={"ref": "main", "sha": d.sha})
     target = deliveries[0]
 
     task_id, worker = _catch_a_stage_at_work(target)

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.e2e
 DEFAULT_WORKERS = ("airflow-worker-1", "airflow-worker-2")
 SCHEDULERS = ("airflow-scheduler-1", "airflow-scheduler-2")
 # Stages of the web service whose command runs several seconds and starts no daemon (the
-# integration tests' throwaway PostgreSQL detaches), in pipeline order: the first one seen
+# integration tests' throwaway PostgreSQL, started by pg_ctl, leaves the worker's process
+# tree, so a lost node would not take it along here), in pipeline order: the first one seen
 # running its command on a worker is the one killed.
 KILLABLE = ("validate.helm_validate", "validate.sast", "build_and_test.unit_tests", "build_and_test.coverage")
 APPROVERS = ("alice", "bob", "erin")  # of each service, in the order of the fleet

@@ -42,14 +42,16 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 EDGES = json.loads(EDGES_JSON)
 
 for kind in ("empty", "bash"):
-    with DAG(dag_id=f"bare_{kind}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
-        tasks = {}
-        for task_id in TASKS:
-            safe = task_id.replace(".", "__")
-            tasks[task_id] = EmptyOperator(task_id=safe) if kind == "empty" else BashOperator(task_id=safe, bash_command="true")
-        for up, down in EDGES:
-            tasks[up] >> tasks[down]
-    globals()[dag.dag_id] = dag
+    for copy in range(COPIES):
+        dag_id = f"bare_{kind}" if COPIES == 1 else f"bare_{kind}_{copy:02d}"
+        with DAG(dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+            tasks = {}
+            for task_id in TASKS:
+                safe = task_id.replace(".", "__")
+                tasks[task_id] = EmptyOperator(task_id=safe) if kind == "empty" else BashOperator(task_id=safe, bash_command="true")
+            for up, down in EDGES:
+                tasks[up] >> tasks[down]
+        globals()[dag.dag_id] = dag
 
 with DAG(dag_id="parked_approval", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1000) as parked:
     ApprovalOperator(task_id="approve", subject="parked", assigned_users=[{"id": "alice", "name": "alice"}],
@@ -75,7 +77,16 @@ def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
-def setup(root: Path) -> tuple[Path, Path, list[str], list[tuple[str, str]]]:
+def service_names(count: int) -> list[str]:
+    """The no-op services of :func:`setup`: ``noop``, or ``noop-00``... when there are several."""
+    return ["noop"] if count == 1 else [f"noop-{n:02d}" for n in range(count)]
+
+
+def setup(
+    root: Path, *, services: int = 1, copies: int = 1
+) -> tuple[Path, Path, list[str], list[tuple[str, str]]]:
+    """``services`` no-op services (:func:`service_names`) and ``copies`` of each bare DAG
+    (``bare_empty``/``bare_bash``, or ``bare_empty_00``... when there are several)."""
     from delivery.catalog import load_catalog
     from delivery.pipeline.plan import build_plan
 
@@ -106,27 +117,28 @@ def setup(root: Path) -> tuple[Path, Path, list[str], list[tuple[str, str]]]:
         )
     }
     stages["dast"] = {"enabled": False}
-    service = {
-        "name": "noop",
-        "kind": "api",
-        "toolchain": "python",
-        "repo": {"url": str(repo)},
-        "image": {"repository": "bench/noop"},
-        "stages": stages,
-        "approvers": ["alice"],
-        "environments": {
-            env: {
-                "namespace": env,
-                "url": "http://127.0.0.1:1",
-                "values_path": f"apps/noop/{env}.yaml",
-                "argocd_app": f"noop-{env}",
-            }
-            for env in ("staging", "production")
-        },
-    }
-    (catalog / "services" / "noop.yaml").write_text(yaml.safe_dump(service))
+    for name in service_names(services):
+        service = {
+            "name": name,
+            "kind": "api",
+            "toolchain": "python",
+            "repo": {"url": str(repo)},
+            "image": {"repository": f"bench/{name}"},
+            "stages": stages,
+            "approvers": ["alice"],
+            "environments": {
+                env: {
+                    "namespace": env,
+                    "url": "http://127.0.0.1:1",
+                    "values_path": f"apps/{name}/{env}.yaml",
+                    "argocd_app": f"{name}-{env}",
+                }
+                for env in ("staging", "production")
+            },
+        }
+        (catalog / "services" / f"{name}.yaml").write_text(yaml.safe_dump(service))
     cat, _ = load_catalog(catalog)
-    plan = build_plan(cat.service("noop"))
+    plan = build_plan(cat.service(service_names(services)[0]))
     ci_groups = ("validate", "build_and_test")
     tasks = [s.task_id for s in plan.steps if s.group in ci_groups]
     edges = [(u, d) for (u, d) in plan.edges() if u in tasks and d in tasks]
@@ -134,7 +146,9 @@ def setup(root: Path) -> tuple[Path, Path, list[str], list[tuple[str, str]]]:
     dags.mkdir()
     shutil.copy(PROJECT_ROOT / "dags" / "delivery_pipelines.py", dags)
     (dags / "bare_dags.py").write_text(
-        "import json\n" + f"TASKS = {tasks!r}\nEDGES_JSON = {json.dumps(json.dumps(edges))}\n" + BARE_DAGS
+        "import json\n"
+        + f"TASKS = {tasks!r}\nEDGES_JSON = {json.dumps(json.dumps(edges))}\nCOPIES = {copies}\n"
+        + BARE_DAGS
     )
     return catalog, dags, tasks, edges
 
@@ -144,6 +158,12 @@ def timed_run(server: AirflowServer, dag_id: str, conf: dict) -> float:  # type:
     run_id = server.trigger(dag_id, conf=conf)
     state = server.wait_run(dag_id, run_id, timeout=600)
     elapsed = time.monotonic() - start
+    check_run(server, dag_id, run_id, state)
+    return elapsed
+
+
+def check_run(server: AirflowServer, dag_id: str, run_id: str, state: str) -> None:
+    """Stop the benchmark if a run did not do its work (a pipeline ends with notify.outcome's state)."""
     if dag_id.startswith("deliver_"):
         states = server.task_states(dag_id, run_id)
         failed = {t: s for t, s in states.items() if s == "failed" and t != "notify.outcome"}
@@ -151,7 +171,6 @@ def timed_run(server: AirflowServer, dag_id: str, conf: dict) -> float:  # type:
             raise SystemExit(f"{dag_id} failed: {failed}")
     elif state != "success":
         raise SystemExit(f"{dag_id} ended {state}")
-    return elapsed
 
 
 def main() -> int:

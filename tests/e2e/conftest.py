@@ -1,6 +1,7 @@
 """The local platform for end-to-end tests: a real Docker engine, registry, git repos and Airflow.
 
-One Airflow per test module; the catalog is a copy of ``include/catalog-local``
+One Airflow per test module (``airflow standalone``, or the distributed topology of
+``docker-compose.yaml``); the catalog is a copy of ``include/catalog-local``
 whose services point at bare repos made in a temporary folder, so the tests
 never touch a developer's ``.local``. As with ``scripts/run-local.sh start``, the
 local monitoring (``delivery.devenv.monitoring``: Prometheus, Alertmanager, the
@@ -17,8 +18,8 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from delivery.devenv.demo import assemble_service
 from delivery.devenv.monitoring import MonitoringStack, airflow_env
 from delivery.devenv.monitoring_config import AlertSinks, Ports
 from delivery.paths import PROJECT_ROOT
+from tests.e2e.nodes import node_hostnames
 from tests.helpers import free_port, git
 
 DEMO = "visiobook-demo-web"
@@ -49,6 +51,7 @@ class LocalStack:
     flaky_marker: Path
     monitoring: MonitoringStack
     registry: str = "127.0.0.1:5000"
+    others: list[LocalStack] = field(default_factory=list)  # more services in the same Airflow (``also``)
 
     def commit(
         self,
@@ -109,39 +112,83 @@ def local_stack(
     *,
     demo: str = DEMO,
     overrides: dict[str, Any] | None = None,
+    topology: str = "standalone",
+    also: Sequence[str] = (),
 ) -> Iterator[LocalStack]:
-    """A real Airflow with one service copied from a demo service (catalog ``overrides`` applied)."""
+    """A real Airflow with one service copied from a demo service (catalog ``overrides`` applied),
+    and the local monitoring (Prometheus, Alertmanager, Pushgateway, inbox) it verifies against.
+
+    ``also`` adds services copied from more demo services to the same Airflow and GitOps repo
+    (``LocalStack.others``, in that order); ``topology="distributed"`` runs the Celery
+    deployment, each component named as its own host (:mod:`tests.e2e.nodes`).
+    """
     from tests.standins.slack_server import SlackStandIn
 
     root = tmp_path_factory.mktemp("stack")
     # A name of its own per session: containers, registry repos and DAGs never meet another run's.
-    service = f"e2e-{uuid.uuid4().hex[:6]}-{demo.rsplit('-', 1)[-1]}"
-    # The service repo: the demo service under a test name.
-    assemble_service(demo, root / "services-src" / service)
-    bare, work = _service_repo(root, service)
-    gitops = _gitops_repo(root, service, demo)
+    demos = [demo, *also]
+    names = [f"e2e-{uuid.uuid4().hex[:6]}-{d.rsplit('-', 1)[-1]}" for d in demos]
+    gitops = _gitops_repo(root, list(zip(names, demos, strict=True)))
     catalog_dir = root / "catalog"
     (catalog_dir / "services").mkdir(parents=True)
     platform = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/platform.yaml").read_text())
     platform["platform"]["gitops"]["repo_url"] = str(gitops)
     platform["platform"]["local"]["workspace_root"] = str(root / "workspaces")
     (catalog_dir / "platform.yaml").write_text(yaml.safe_dump(platform))
-    data = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/services" / f"{demo}.yaml").read_text())
-    data["name"] = service
-    data["repo"]["url"] = str(bare)
-    data["repo"]["full_name"] = f"visiobook/{service}"
-    data["image"]["repository"] = f"e2e/{service}"
-    data["approval_timeout"] = "40s"
-    for env in ("staging", "production"):
-        data["environments"][env]["local_port"] = free_port()
-        data["environments"][env]["url"] = f"http://127.0.0.1:{data['environments'][env]['local_port']}"
-        data["environments"][env]["values_path"] = f"apps/{service}/values-{env}.yaml"
-        data["environments"][env]["argocd_app"] = f"{service}-{env}"
-    data.update(overrides or {})
-    (catalog_dir / "services" / f"{service}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    services = [
+        _catalog_service(root, catalog_dir, name, d, overrides) for name, d in zip(names, demos, strict=True)
+    ]
 
     slack = SlackStandIn().start()
     airflow_port = free_port()
+    monitoring = _monitoring(root, catalog_dir, airflow_port)
+    env = {
+        **airflow_env(root / "state", catalog_dir),
+        # The notification path posts through the Slack Web API (a bot token) to routed channels:
+        # here to the stand-in the tests read, instead of the local inbox.
+        "AIRFLOW_CONN_SLACK_API": json.dumps(
+            {"conn_type": "slack", "password": "xoxb-e2e", "extra": {"base_url": f"{slack.url}/api/"}}
+        ),
+        "DELIVERY_CATALOG_STRICT": "1",
+    }
+    if topology == "distributed":
+        env |= node_hostnames(root / "airflow")
+    airflow = AirflowServer(
+        home=root / "airflow", port=airflow_port, catalog_dir=catalog_dir, env=env, topology=topology
+    )
+    try:
+        airflow.start(timeout=300 if topology == "distributed" else 240)
+        stacks: list[LocalStack] = []
+        for name, (work, data) in zip(names, services, strict=True):
+            dag_id = "deliver_" + name.replace("-", "_")
+            airflow.wait_dag(dag_id)
+            airflow.unpause(dag_id)
+            marker = root / ("flaky-armed" if not stacks else f"flaky-armed-{name}")
+            stacks.append(
+                LocalStack(
+                    airflow=airflow,
+                    service=name,
+                    dag_id=dag_id,
+                    work=work,
+                    gitops=gitops,
+                    catalog=data,
+                    slack=slack,
+                    flaky_marker=marker,
+                    monitoring=monitoring,
+                )
+            )
+        stacks[0].others = stacks[1:]
+        yield stacks[0]
+    finally:
+        airflow.destroy()
+        monitoring.stop()
+        slack.stop()
+        containers = [f"visiobook-{name}-{where}" for name in names for where in ("staging", "production")]
+        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True, check=False)
+
+
+def _monitoring(root: Path, catalog_dir: Path, airflow_port: int) -> MonitoringStack:
+    """The local monitoring of a test stack, started, on free ports."""
     monitoring = MonitoringStack(
         state=root / "state",
         catalog_dir=catalog_dir,
@@ -158,45 +205,7 @@ def local_stack(
         traffic_rps=4,
     )
     monitoring.start()
-    airflow = AirflowServer(
-        home=root / "airflow",
-        port=airflow_port,
-        catalog_dir=catalog_dir,
-        env={
-            **airflow_env(root / "state", catalog_dir),
-            # The notification path posts through the Slack Web API (a bot token) to routed channels:
-            # here to the stand-in the tests read, instead of the local inbox.
-            "AIRFLOW_CONN_SLACK_API": json.dumps(
-                {"conn_type": "slack", "password": "xoxb-e2e", "extra": {"base_url": f"{slack.url}/api/"}}
-            ),
-            "DELIVERY_CATALOG_STRICT": "1",
-        },
-    )
-    airflow.start()
-    try:
-        dag_id = "deliver_" + service.replace("-", "_")
-        airflow.wait_dag(dag_id)
-        airflow.unpause(dag_id)
-        yield LocalStack(
-            airflow=airflow,
-            service=service,
-            dag_id=dag_id,
-            work=work,
-            gitops=gitops,
-            catalog=data,
-            slack=slack,
-            flaky_marker=root / "flaky-armed",
-            monitoring=monitoring,
-        )
-    finally:
-        airflow.destroy()
-        monitoring.stop()
-        slack.stop()
-        subprocess.run(
-            ["docker", "rm", "-f", f"visiobook-{service}-staging", f"visiobook-{service}-production"],
-            capture_output=True,
-            check=False,
-        )
+    return monitoring
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +214,31 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield built
 
 
+def _catalog_service(
+    root: Path, catalog_dir: Path, service: str, demo: str, overrides: dict[str, Any] | None
+) -> tuple[Path, dict[str, Any]]:
+    """The service's repo (the demo service under a test name) and its catalog entry; (work tree, entry)."""
+    assemble_service(demo, root / "services-src" / service)
+    bare, work = _service_repo(root, service)
+    data = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/services" / f"{demo}.yaml").read_text())
+    data["name"] = service
+    data["repo"]["url"] = str(bare)
+    data["repo"]["full_name"] = f"visiobook/{service}"
+    data["image"]["repository"] = f"e2e/{service}"
+    data["approval_timeout"] = "40s"
+    for env in ("staging", "production"):
+        data["environments"][env]["local_port"] = free_port()
+        data["environments"][env]["url"] = f"http://127.0.0.1:{data['environments'][env]['local_port']}"
+        data["environments"][env]["values_path"] = f"apps/{service}/values-{env}.yaml"
+        data["environments"][env]["argocd_app"] = f"{service}-{env}"
+    data.update(overrides or {})
+    (catalog_dir / "services" / f"{service}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return work, data
+
+
 def _service_repo(root: Path, service: str) -> tuple[Path, Path]:
     bare = root / "repos" / f"{service}.git"
-    bare.parent.mkdir(parents=True)
+    bare.parent.mkdir(parents=True, exist_ok=True)
     git("init", "-q", "--bare", "--initial-branch=main", str(bare), cwd=root)
     work = root / "src" / service
     shutil.copytree(
@@ -221,17 +252,19 @@ def _service_repo(root: Path, service: str) -> tuple[Path, Path]:
     return bare, work
 
 
-def _gitops_repo(root: Path, service: str, demo: str) -> Path:
+def _gitops_repo(root: Path, services: list[tuple[str, str]]) -> Path:
+    """The GitOps bare repo, seeded with the values of each (service, demo it copies)."""
     bare = root / "gitops.git"
     git("init", "-q", "--bare", "--initial-branch=main", str(bare), cwd=root)
     work = root / "gitops-work"
     git("clone", "-q", str(bare), str(work), cwd=root)
     git("checkout", "-q", "-B", "main", cwd=work)
-    for env in ("staging", "production"):
-        src = PROJECT_ROOT / "include" / "services" / demo / "deploy" / f"values-{env}.yaml"
-        dest = work / "apps" / service / f"values-{env}.yaml"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(src.read_text().replace(f"visiobook/{demo}", f"e2e/{service}"))
+    for service, demo in services:
+        for env in ("staging", "production"):
+            src = PROJECT_ROOT / "include" / "services" / demo / "deploy" / f"values-{env}.yaml"
+            dest = work / "apps" / service / f"values-{env}.yaml"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(src.read_text().replace(f"visiobook/{demo}", f"e2e/{service}"))
     git("add", "-A", cwd=work)
     git("commit", "-q", "-m", "seed", cwd=work)
     git("push", "-q", "origin", "main", cwd=work)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from airflow.sdk import get_parsing_context
+
 from delivery.catalog import load_catalog
 from delivery.catalog.errors import CatalogError
 from delivery.pipeline.factory import build_dags
@@ -17,4 +19,5 @@ for _issue in _issues:
 if _issues and not _catalog.services:
     raise CatalogError(_issues)
 
-globals().update(build_dags(_catalog))
+# A task's process parses this file for its own DAG only: build just that service's DAGs.
+globals().update(build_dags(_catalog, dag_id=get_parsing_context().dag_id))

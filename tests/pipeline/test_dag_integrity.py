@@ -246,3 +246,14 @@ def test_the_pools_command_lists_every_deploy_pool(capsys: pytest.CaptureFixture
         "include_deferred": True,
     }
     assert len(pools) == 2 * len(SERVICES)
+
+
+def test_a_tasks_parse_builds_only_its_services_dags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task's process parses the DAG file with Airflow's parsing context: only its service's DAGs."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "rollback_visiobook_api")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "revert")
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "delivery_pipelines.py"))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {"deliver_visiobook_api", "rollback_visiobook_api"}

@@ -85,20 +85,22 @@ class DagFactory:
 
     # -- DAGs ---------------------------------------------------------------------
 
-    def build_all(self) -> dict[str, DAG]:
-        """Every DAG of every service; a service whose DAGs cannot be built is logged and skipped."""
+    def build_all(self, *, dag_id: str | None = None) -> dict[str, DAG]:
+        """Every DAG of every service; a service whose DAGs cannot be built is logged and skipped.
+
+        With ``dag_id`` (a task's process parses the file for its own DAG: Airflow's parsing
+        context), only the DAGs of the service that owns it are built.
+        """
+        services = sorted(self.catalog.services.items())
+        owner = [(n, s) for n, s in services if dag_id in (s.dag_id, s.nightly_dag_id, s.rollback_dag_id)]
         dags: dict[str, DAG] = {}
-        for name, service in sorted(self.catalog.services.items()):
+        for name, service in owner or services:
             try:
                 built = [self.build(service), self.build_rollback(service)]
                 if service.schedule:
-                    built.append(
-                        self.build(service, dag_id=service.nightly_dag_id, schedule=service.schedule)
-                    )
+                    built.append(self.build(service, dag_id=service.nightly_dag_id, schedule=service.schedule))
             except Exception:
-                log.exception(
-                    "Could not build the DAGs of service %r (%s)", name, self.catalog.sources.get(name)
-                )
+                log.exception("Could not build the DAGs of service %r (%s)", name, self.catalog.sources.get(name))
                 continue
             dags.update((dag.dag_id, dag) for dag in built)
         return dags
@@ -482,5 +484,6 @@ def _add_failure_event(task: BaseOperator, step: Step, service: Service) -> None
     task.on_failure_callback = [*kept, TaskFailureNotifier(service_name=service.name, event=event)]
 
 
-def build_dags(catalog: Catalog) -> dict[str, DAG]:
-    return DagFactory(catalog=catalog).build_all()
+def build_dags(catalog: Catalog, *, dag_id: str | None = None) -> dict[str, DAG]:
+    """The DAGs of the catalog (only those of ``dag_id``'s service when it is given)."""
+    return DagFactory(catalog=catalog).build_all(dag_id=dag_id)

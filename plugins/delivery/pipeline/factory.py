@@ -98,9 +98,13 @@ class DagFactory:
             try:
                 built = [self.build(service), self.build_rollback(service)]
                 if service.schedule:
-                    built.append(self.build(service, dag_id=service.nightly_dag_id, schedule=service.schedule))
+                    built.append(
+                        self.build(service, dag_id=service.nightly_dag_id, schedule=service.schedule)
+                    )
             except Exception:
-                log.exception("Could not build the DAGs of service %r (%s)", name, self.catalog.sources.get(name))
+                log.exception(
+                    "Could not build the DAGs of service %r (%s)", name, self.catalog.sources.get(name)
+                )
                 continue
             dags.update((dag.dag_id, dag) for dag in built)
         return dags

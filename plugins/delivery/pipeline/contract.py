@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from delivery.catalog.models import Platform, Service
-from delivery.catalog.toolchains import TEST_DATABASE_URL, ResolvedStage
+if TYPE_CHECKING:  # only types: the local stage runner's process imports this module without pydantic
+    from delivery.catalog.models import Platform, Service
+    from delivery.catalog.toolchains import ResolvedStage
 
 CHECKOUT_TASK = "validate.checkout"
+TEST_DATABASE_URL = "postgresql://test:test@127.0.0.1:5432/test"
+"""Where a stage's ``test-db`` helper service answers (a sidecar in Kubernetes)."""
 
 
 def _commit(key: str) -> str:

@@ -85,16 +85,30 @@ class DagFactory:
 
     # -- DAGs ---------------------------------------------------------------------
 
-    def build_all(self) -> dict[str, DAG]:
-        """Every DAG of every service; a service whose DAGs cannot be built is logged and skipped."""
+    def _builds(self, service: Service) -> dict[str, Callable[[], DAG]]:
+        """dag id -> how to build it, for every DAG of ``service``."""
+        builds: dict[str, Callable[[], DAG]] = {
+            service.dag_id: functools.partial(self.build, service),
+            service.rollback_dag_id: functools.partial(self.build_rollback, service),
+        }
+        if service.schedule:
+            builds[service.nightly_dag_id] = functools.partial(
+                self.build, service, dag_id=service.nightly_dag_id, schedule=service.schedule
+            )
+        return builds
+
+    def build_all(self, *, dag_id: str | None = None) -> dict[str, DAG]:
+        """Every DAG of every service; a service whose DAGs cannot be built is logged and skipped.
+
+        ``dag_id`` (a worker parsing the DAG of the task it runs): only that DAG, when a service has it.
+        """
+        builds = {name: self._builds(service) for name, service in sorted(self.catalog.services.items())}
+        if dag_id is not None and any(dag_id in by_id for by_id in builds.values()):
+            builds = {name: {dag_id: by_id[dag_id]} for name, by_id in builds.items() if dag_id in by_id}
         dags: dict[str, DAG] = {}
-        for name, service in sorted(self.catalog.services.items()):
+        for name, by_id in builds.items():
             try:
-                built = [self.build(service), self.build_rollback(service)]
-                if service.schedule:
-                    built.append(
-                        self.build(service, dag_id=service.nightly_dag_id, schedule=service.schedule)
-                    )
+                built = [build() for build in by_id.values()]
             except Exception:
                 log.exception(
                     "Could not build the DAGs of service %r (%s)", name, self.catalog.sources.get(name)
@@ -477,5 +491,6 @@ def _add_failure_event(task: BaseOperator, step: Step, service: Service) -> None
     ]
 
 
-def build_dags(catalog: Catalog) -> dict[str, DAG]:
-    return DagFactory(catalog=catalog).build_all()
+def build_dags(catalog: Catalog, *, dag_id: str | None = None) -> dict[str, DAG]:
+    """Every DAG of the catalog; with ``dag_id`` (Airflow's parsing context on a worker) only that one."""
+    return DagFactory(catalog=catalog).build_all(dag_id=dag_id)

@@ -7,8 +7,10 @@ reason, and never raises.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
@@ -27,17 +29,39 @@ FAILURE_TEXT = (
 
 
 class SafeNotifier(BaseNotifier):
-    """Delivers through ``inner`` with retries; logs and swallows every error."""
+    """Delivers through ``inner`` with retries; logs and swallows every error.
+
+    ``inner`` may be given as ``build``, a function that makes it when it is first needed: a
+    notifier built at DAG parse time then imports its provider (the Slack SDK pulls in aiohttp)
+    only in a process that sends something, not in every parse of every task process.
+    """
 
     template_fields = ()
 
-    def __init__(self, *, inner: BaseNotifier, attempts: int = 3, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        inner: BaseNotifier | None = None,
+        build: Callable[[], BaseNotifier] | None = None,
+        attempts: int = 3,
+        backoff_s: float = 1.0,
+    ) -> None:
         super().__init__()
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts!r}")
-        self.inner = inner
+        if (inner is None) == (build is None):
+            raise ValueError("give either inner or build")
+        self._inner = inner
+        self._build = build
         self.attempts = attempts
         self.backoff_s = backoff_s
+
+    @property
+    def inner(self) -> BaseNotifier:
+        if self._inner is None:
+            assert self._build is not None
+            self._inner = self._build()
+        return self._inner
 
     def notify(self, context: Context) -> None:
         self.deliver(context)
@@ -85,11 +109,15 @@ def _record_failure(context: Context | dict[str, Any], message: str) -> None:
         log.debug("could not record the notification failure", exc_info=True)
 
 
-def slack_failure_notifier(*, slack_conn_id: str) -> SafeNotifier:
-    """The ``on_failure_callback`` of every task: DAG, task, run and a log link."""
-    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+def _slack_webhook(slack_conn_id: str, text: str) -> BaseNotifier:
+    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier  # slack_sdk, aiohttp
 
-    return SafeNotifier(inner=SlackWebhookNotifier(slack_webhook_conn_id=slack_conn_id, text=FAILURE_TEXT))
+    return SlackWebhookNotifier(slack_webhook_conn_id=slack_conn_id, text=text)
+
+
+def slack_failure_notifier(*, slack_conn_id: str) -> SafeNotifier:
+    """The ``on_failure_callback`` of every task: DAG, task, run and a log link (Slack loaded on failure)."""
+    return SafeNotifier(build=functools.partial(_slack_webhook, slack_conn_id, FAILURE_TEXT))
 
 
 def send_slack(*, slack_conn_id: str, text: str, context: Context | dict[str, Any]) -> bool:

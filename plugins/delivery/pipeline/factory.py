@@ -5,7 +5,10 @@ delivery pipeline, its nightly variant and the ``rollback_<service>`` DAG. The
 builders ask the active profile (:mod:`delivery.profiles`) for what differs
 between profiles (stages, syncs, URLs, registry); they never test which profile
 they have. Nothing here touches the network, the metadata database or
-Variables: DAG files stay cheap to parse.
+Variables: DAG files stay cheap to parse. Operators that only some services use
+(the SonarQube gate, the Prometheus verification, the GPU health check) are
+imported by their builders, so a DAG without them, parsed again by every task
+process of its runs, does not import their HTTP clients.
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from airflow.sdk import DAG, BaseOperator, TaskGroup
 from delivery.catalog import Catalog, Service
 from delivery.catalog.models import EnvironmentSpec
 from delivery.catalog.toolchains import ResolvedStage, resolve_stages
-from delivery.gpu.health import GpuServiceHealthOperator
 from delivery.integrations.health import HealthCheckSensor
-from delivery.integrations.sonarqube import SonarQualityGateOperator
 from delivery.notify import PipelineEvent, PipelineEventNotifier
 from delivery.notify.failure import slack_failure_notifier
 from delivery.pipeline import task_ids as ids
@@ -43,7 +44,6 @@ from delivery.pipeline.plan import (
 from delivery.profiles import DeliveryProfile, active_profile, health_url
 from delivery.reporting.notifiers import ApprovalPendingNotifier
 from delivery.steps import gpu, outcome, release, rollback, source
-from delivery.verification.operator import VerifyReleaseOperator
 from delivery.verification.review import HoldReviewOperator
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,8 @@ class DagFactory:
         )
 
     def _quality_gate(self, step: Step, service: Service) -> BaseOperator:
+        from delivery.integrations.sonarqube import SonarQualityGateOperator  # aiohttp: quality gates only
+
         assert service.sonar_project_key is not None
         return SonarQualityGateOperator(
             task_id=step.name,
@@ -322,6 +324,8 @@ class DagFactory:
         )
 
     def _gpu_health(self, step: Step, service: Service) -> BaseOperator:
+        from delivery.gpu.health import GpuServiceHealthOperator  # the GPU harness: GPU services only
+
         assert service.gpu is not None
         return GpuServiceHealthOperator(
             task_id=step.name,
@@ -374,6 +378,8 @@ class DagFactory:
                 poke_interval=5,
                 pre_execute=own_release,
             )
+        from delivery.verification.operator import VerifyReleaseOperator  # aiohttp: PromQL checks only
+
         return VerifyReleaseOperator(
             task_id=step.name,
             verify=env.verify,

@@ -152,8 +152,11 @@ def test_the_factory_s_stage_task_runs_its_resolved_stage(
     assert isinstance(task, StageShellOperator)
     assert json.loads(task.stage_spec)["command"] == COMMAND
     assert "stage_spec" not in task.template_fields
+    assert [name for name, value in task.env.items() if "xcom_pull" in value] == [
+        "DELIVERY_SOURCE"
+    ]  # read once
 
-    source_xcom = {"sha": sha, "ref": "main", "branch": "main", "tag": "", "image_tags": [sha]}
+    source_xcom = {"sha": sha, "ref": "main", "branch": "main", "tag": "", "image_tags": [sha, "main"]}
     context: Any = {"ti": _TaskInstance(source_xcom), "run_id": "manual__op", "params": {}}
     task.render_template_fields(context)
     task.execute(context)
@@ -161,5 +164,6 @@ def test_the_factory_s_stage_task_runs_its_resolved_stage(
     workspace = run_workspace(tmp_path / "workspaces" / SERVICE, "manual__op")
     assert (workspace / "out.txt").read_text() == "count=2 {{ not_a_template }}\n"
     env = dict(line.split("=", 1) for line in (workspace / "env.txt").read_text().splitlines() if "=" in line)
-    assert env["DELIVERY_SHA"] == sha and env["IMAGE_TAGS"] == sha
-    assert SPEC_ENV not in env
+    assert env["DELIVERY_SHA"] == sha and env["IMAGE_TAGS"] == f"{sha} main"
+    assert env["DELIVERY_REF"] == env["DELIVERY_BRANCH"] == "main"
+    assert SPEC_ENV not in env and "DELIVERY_SOURCE" not in env

@@ -10,8 +10,10 @@ resolves the stage from the catalog first.
 
 See :mod:`delivery.profiles.local.stages` for the guarantees. The run's workspace
 (:mod:`delivery.profiles.local.workspaces`) is found here from ``DELIVERY_RUN_ID`` and
-handed to the command as ``DELIVERY_WORKSPACE`` (also its ``HOME``); the spec variable is
-removed from the command's environment.
+handed to the command as ``DELIVERY_WORKSPACE`` (also its ``HOME``). ``DELIVERY_SOURCE``
+(``validate.checkout``'s result, read once by the operator) becomes the contract's commit
+variables (``DELIVERY_SHA``, ``DELIVERY_REF``, ``DELIVERY_BRANCH``, ``IMAGE_TAGS``); it and the
+spec are removed from the command's environment.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from delivery.gitops.errors import GitOpsError
 from delivery.paths import git_url
+from delivery.pipeline.contract import SOURCE_ENV, source_env
 from delivery.profiles.local.workspaces import prepare_run_workspace, service_workspaces
 
 if TYPE_CHECKING:
@@ -208,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", required=True)
     args = parser.parse_args(argv)
     env = dict(os.environ)
+    source = env.pop(SOURCE_ENV, None)
+    if source:  # validate.checkout's result: the commit variables a stage command relies on
+        for name, value in source_env(json.loads(source)).items():
+            env.setdefault(name, value)
     resolved = env.pop(SPEC_ENV, None)
     spec = StageSpec.from_json(resolved) if resolved else from_catalog(args.service, args.stage)
     if (spec.service, spec.stage) != (args.service, args.stage):

@@ -47,7 +47,7 @@ from delivery.catalog.loader import catalog_dir
 from delivery.catalog.models import Platform, Service, Stage
 from delivery.catalog.toolchains import ResolvedStage
 from delivery.paths import PROJECT_ROOT
-from delivery.pipeline.contract import stage_env
+from delivery.pipeline.contract import SOURCE_ENV, SOURCE_TEMPLATE, source_templates, stage_env
 from delivery.profiles.local import steps
 from delivery.profiles.local.shell import SKIP_EXIT_CODE, SPEC_ENV, StageSpec
 
@@ -101,6 +101,10 @@ def local_stage_operator(
     env = stage_env(
         service=service, platform=platform, stage=stage, workspace=None, registry=platform.local.registry
     )
+    # The commit variables: the runner expands validate.checkout's result, read once (not once each).
+    templates = source_templates()
+    env = {name: value for name, value in env.items() if templates.get(name) != value}
+    env[SOURCE_ENV] = SOURCE_TEMPLATE
     env.update(
         {
             "PATH": os.pathsep.join(

@@ -8,7 +8,6 @@ worker needs:
   to the stage's process (:class:`~delivery.profiles.local.shell.StageSpec`, JSON in
   ``DELIVERY_STAGE_SPEC``, never a Jinja template), which then imports neither
   Airflow nor the catalog: a stage costs little more than the command itself;
-
 * **workspace**: ``<workspace_root>/<service>/<run folder>``, a clone of the
   service repo checked out (detached) at the run's commit, created under a file
   lock by whichever stage needs it first, so reruns and parallel stages are

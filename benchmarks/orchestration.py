@@ -7,11 +7,11 @@
    a bare DAG of **the same tasks, edges and trigger rules**, built from the
    pipeline's own plan, in the same Airflow: every task a
    ``BashOperator("true")`` (which, like a stage, runs on a worker), except the
-   release gate, which skips itself (``exit 99``) so that the same tasks run and
-   the same tasks are skipped as in the ``ci`` pipeline (image, deploys,
-   rollback; the end-of-run tasks run on both sides). A third DAG of
-   ``EmptyOperator`` s (the scheduler completes them, no worker) shows the
-   scheduling floor. Wall time from trigger to the end of the run, one warm-up
+   release gate, the pipeline's own ``ShortCircuitOperator`` answering "no" as
+   it does for ``ci``, so that the same tasks run and the same tasks are
+   skipped (image, deploys, rollback; the end-of-run tasks run on both sides).
+   A third DAG, of ``EmptyOperator`` s (the scheduler completes them, no
+   worker) and the same gate, shows the scheduling floor. Wall time from trigger to the end of the run, one warm-up
    run of each first, then ``--runs`` interleaved runs; medians.
    ``--breakdown`` adds, per task, the median time on a worker (start to end)
    and the DAG-file parse the task process did first (Airflow's
@@ -52,6 +52,7 @@ from airflow.sdk import DAG, TaskGroup
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.operators.python import ShortCircuitOperator
 
 STEPS = json.loads(STEPS_JSON)  # [task_id, group, name, trigger_rule, [upstream]]
 
@@ -62,8 +63,8 @@ for kind in ("empty", "bash"):
             if group and group not in groups:
                 groups[group] = TaskGroup(group_id=group)
             with groups[group] if group else nullcontext():
-                if task_id == GATE:  # the ci pipeline stops here: skip, like the release gate's short circuit
-                    task = BashOperator(task_id=name, bash_command="exit 99", skip_on_exit_code=99)
+                if task_id == GATE:  # the ci pipeline stops here: the release gate's own short circuit
+                    task = ShortCircuitOperator(task_id=name, python_callable=lambda: False, ignore_downstream_trigger_rules=False)
                 elif kind == "empty":
                     task = EmptyOperator(task_id=name, trigger_rule=rule)
                 else:

@@ -2,7 +2,10 @@
 
 This is the baseline of ``parse_time.py``: what a team would write by hand for one
 service (a function called once per service), with no catalog, no validation and
-no plan. It is never loaded by Airflow itself.
+no plan: the same tasks and edges as the factory's DAGs of a web service, the same
+operator classes (the stock ones where the factory subclasses them) and the same
+trigger forms (the forms are a contract with Git events and Alertmanager, so a
+hand-written DAG has them too). It is never loaded by Airflow itself.
 """
 
 from __future__ import annotations
@@ -11,13 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
-from airflow.providers.standard.operators.python import (
-    BranchPythonOperator,
-    PythonOperator,
-    ShortCircuitOperator,
-)
-from airflow.sdk import DAG, Param, TaskGroup
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLBranchOperator, HITLOperator
+from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator
+from airflow.sdk import DAG, TaskGroup
 from kubernetes.client import models as k8s
 
 from delivery.catalog.models import Check, VerifySpec
@@ -25,13 +24,24 @@ from delivery.integrations.argocd.operator import ArgoCDSyncOperator
 from delivery.integrations.health import HealthCheckSensor
 from delivery.integrations.sonarqube import SonarQualityGateOperator
 from delivery.notify.failure import TaskFailureNotifier
+from delivery.pipeline.params import pipeline_form, rollback_form
 from delivery.verification.operator import VerifyReleaseOperator
 
 SHA = "{{ ti.xcom_pull(task_ids='validate.checkout')['sha'] }}"
+USERS = [{"id": "alice", "name": "alice"}]
 
 
 def _noop(**_: Any) -> None:
     return None
+
+
+def _default_args(service: str) -> dict[str, Any]:
+    return {
+        "owner": "web",
+        "retries": 1,
+        "retry_delay": timedelta(seconds=15),
+        "on_failure_callback": [TaskFailureNotifier(service_name=service)],
+    }
 
 
 def _pod(name: str, service: str, image: str, command: str, **extra: Any) -> KubernetesPodOperator:
@@ -85,14 +95,19 @@ def build(service: str) -> DAG:
         start_date=datetime(2026, 1, 1),
         catchup=False,
         tags=["delivery"],
-        params={
-            "ref": Param("main", type="string"),
-            "pipeline": Param("full", type="string", enum=["full", "ci"]),
-        },
-        default_args={"on_failure_callback": [TaskFailureNotifier(service_name=service)]},
+        params=pipeline_form(release_branch="main", migrations=False),
+        default_args=_default_args(service),
     ) as dag:
         with TaskGroup("validate"):
             checkout = PythonOperator(task_id="checkout", python_callable=_noop)
+            trust = HITLOperator(
+                task_id="trust",
+                subject="Run the CI of an untrusted pull request?",
+                options=["Approve", "Reject"],
+                defaults=["Reject"],
+                assigned_users=USERS,
+                response_timeout=timedelta(hours=24),
+            )
             lint = _pod("lint", service, "node:20", "npx eslint .")
             helm = _pod("helm_validate", service, "alpine/helm", "helm lint helm")
             scan = _pod("quality_scan", service, "sonar", "sonar-scanner")
@@ -100,7 +115,7 @@ def build(service: str) -> DAG:
             security = [
                 _pod(n, service, "node:20", "npm audit") for n in ("dependency_audit", "sast", "dast")
             ]
-            checkout >> [lint, helm]
+            checkout >> trust >> [lint, helm]
             lint >> scan >> gate >> security
         with TaskGroup("build_and_test"):
             build_t = _pod("build", service, "node:20", "npm run build")
@@ -132,7 +147,7 @@ def build(service: str) -> DAG:
                     approve = ApprovalOperator(
                         task_id="approve_production",
                         subject="Deploy?",
-                        assigned_users=[{"id": "alice", "name": "alice"}],
+                        assigned_users=USERS,
                         response_timeout=timedelta(hours=24),
                         defaults=["Reject"],
                     )
@@ -151,22 +166,41 @@ def build(service: str) -> DAG:
                 subject="inconclusive",
                 options=["Keep release", "Roll back"],
                 defaults=["Roll back"],
-                assigned_users=[{"id": "alice", "name": "alice"}],
+                assigned_users=USERS,
                 response_timeout=timedelta(hours=24),
             )
             record = PythonOperator(task_id="record", python_callable=_noop)
             health >> verify >> review >> record
         with TaskGroup("rollback"):
             plan = PythonOperator(task_id="plan", python_callable=_noop, trigger_rule="one_failed")
-            revert = PythonOperator(task_id="revert", python_callable=_noop)
+            gate, aborted, revert = _rollback_gate("migration_gate", "rollback.")
             rsync = ArgoCDSyncOperator(task_id="sync", app_name=f"{service}-production", revision="x")
             rhealth = HealthCheckSensor(task_id="health_check", url="https://x.example/health")
-            [*prod, verify, review] >> plan >> revert >> rsync >> rhealth
+            [*prod, verify, review] >> plan >> gate >> [aborted, revert]
+            plan >> revert >> rsync >> rhealth
         with TaskGroup("notify"):
             summary = PythonOperator(task_id="summary", python_callable=_noop, trigger_rule="all_done")
             outcome = PythonOperator(task_id="outcome", python_callable=_noop, trigger_rule="all_done")
-            [record, rhealth] >> summary >> outcome
+            [record, rhealth, aborted] >> summary >> outcome
     return dag
+
+
+def _rollback_gate(name: str, prefix: str) -> tuple[HITLBranchOperator, PythonOperator, PythonOperator]:
+    """Continue / Abort before anything is reverted: (gate, aborted, revert)."""
+    gate = HITLBranchOperator(
+        task_id=name,
+        subject="restore the DB backup",
+        options=["Continue", "Abort"],
+        options_mapping={"Continue": f"{prefix}revert", "Abort": f"{prefix}aborted"},
+        defaults=["Abort"],
+        assigned_users=USERS,
+        response_timeout=timedelta(hours=24),
+    )
+    aborted = PythonOperator(task_id="aborted", python_callable=_noop)
+    revert = PythonOperator(
+        task_id="revert", python_callable=_noop, trigger_rule="none_failed_min_one_success"
+    )
+    return gate, aborted, revert
 
 
 def build_rollback(service: str) -> DAG:
@@ -176,29 +210,18 @@ def build_rollback(service: str) -> DAG:
         schedule=None,
         start_date=datetime(2026, 1, 1),
         catchup=False,
-        params={"reason": Param("", type="string", minLength=1), "target_version": Param("", type="string")},
+        params=rollback_form(),
+        default_args=_default_args(service),
     ) as dag:
         identify = PythonOperator(task_id="identify", python_callable=_noop)
-        check = BranchPythonOperator(task_id="check_migration", python_callable=lambda: "revert")
-        restore = HITLOperator(
-            task_id="restore_database",
-            subject="restore the DB backup",
-            options=["Continue", "Abort"],
-            defaults=["Abort"],
-            assigned_users=[{"id": "alice", "name": "alice"}],
-            response_timeout=timedelta(hours=24),
-        )
-        aborted = PythonOperator(task_id="aborted", python_callable=_noop)
-        revert = PythonOperator(
-            task_id="revert", python_callable=_noop, trigger_rule="none_failed_min_one_success"
-        )
+        restore, aborted, revert = _rollback_gate("restore_database", "")
         sync = ArgoCDSyncOperator(task_id="sync", app_name=f"{service}-production", revision="x")
         health = HealthCheckSensor(task_id="health_check", url="https://x.example/health")
         record = PythonOperator(task_id="record", python_callable=_noop)
         notify = PythonOperator(task_id="notify", python_callable=_noop, trigger_rule="all_done")
         outcome = PythonOperator(task_id="outcome", python_callable=_noop, trigger_rule="all_done")
-        identify >> check >> [restore, revert]
-        restore >> [aborted, revert]
+        identify >> restore >> [aborted, revert]
+        identify >> revert
         revert >> sync >> health >> record
         [aborted, record] >> notify >> outcome
     return dag

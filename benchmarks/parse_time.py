@@ -1,6 +1,7 @@
 """DAG-file parse time: the catalog factory against hand-written DAGs, same operators, same run.
 
-    PYTHONPATH=plugins .venv/bin/python benchmarks/parse_time.py [--sizes 10,100,500] [--repeat 3]
+    PYTHONPATH=plugins .venv/bin/python benchmarks/parse_time.py [--sizes 10,100,500] [--repeat 3] \
+        [--baseline-src DIR]
 
 For each size N it writes a catalog of N web services (copies of visiobook-web)
 and parses, in a fresh interpreter each time (as the dag-processor does):
@@ -10,10 +11,20 @@ and parses, in a fresh interpreter each time (as the dag-processor does):
   the same operator classes (``benchmarks/handwritten_dag.py``), no catalog, no
   validation.
 
+The hand-written DAGs have the factory's tasks, edges, trigger rules and trigger
+forms (the same ``Param`` s: Airflow deep-copies a DAG's form into every task, so
+a smaller form would make the baseline cheaper for a reason that has nothing to
+do with the factory).
+
 Each parse is timed inside the child around ``DagBag`` filling (interpreter
-start-up excluded); the median of ``--repeat`` runs is reported with the ratio
-and milliseconds per DAG. The child also checks that the parse opened no
-network socket and read no Variable (both would be bugs at parse time).
+start-up excluded), in wall time and in CPU time of the process (steadier on a
+shared machine); after one warm-up parse of each side (bytecode caches written,
+as a deployment has them), the median of ``--repeat`` interleaved runs is
+reported with the ratios and milliseconds per DAG. ``--baseline-src`` also
+parses the factory of another checkout of the project (an earlier commit,
+``git archive <commit> | tar -x -C <dir>``), interleaved in the same run. The
+child also checks that the parse opened no network socket and read no Variable
+(both would be bugs at parse time).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -50,10 +62,10 @@ CHILD = textwrap.dedent(
         return _get(*a, **k)
     variable_module.Variable.get = staticmethod(_variable_get)
     from airflow.dag_processing.dagbag import DagBag
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     bag = DagBag(dag_folder=sys.argv[1])
-    elapsed = time.perf_counter() - t0
-    print(json.dumps({"seconds": elapsed, "dags": len(bag.dags), "tasks": sum(len(d.tasks) for d in bag.dags.values()),
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"seconds": elapsed, "cpu": cpu, "dags": len(bag.dags), "tasks": sum(len(d.tasks) for d in bag.dags.values()),
                       "errors": {k: v[:300] for k, v in bag.import_errors.items()}, "sockets": opened, "variables": len(reads)}))
     """
 )
@@ -95,10 +107,48 @@ def parse(dag_file: Path, env: dict[str, str]) -> dict[str, object]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def measure(sides: dict[str, tuple[Path, dict[str, str]]], repeat: int) -> dict[str, list[dict[str, Any]]]:
+    """Parse every side once to warm up, then ``repeat`` times interleaved; the results per side."""
+    for dag_file, env in sides.values():
+        parse(dag_file, env)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    for _ in range(repeat):  # interleaved, so drift hits every side alike
+        for name, (dag_file, env) in sides.items():
+            result = parse(dag_file, env)
+            if result["errors"] or result["sockets"] or result["variables"]:
+                raise SystemExit(f"{name}: {json.dumps(result, indent=2)}")
+            results[name].append(result)
+    return results
+
+
+def row(size: int, results: dict[str, list[dict[str, Any]]]) -> str:
+    def med(name: str, key: str) -> float:
+        return statistics.median(float(r[key]) for r in results[name])
+
+    dags = int(results["factory"][0]["dags"])
+    cells = [
+        str(size),
+        str(results["factory"][0]["tasks"]),
+        str(results["hand"][0]["tasks"]),
+        f"{med('factory', 'seconds'):.2f}",
+        f"{med('hand', 'seconds'):.2f}",
+        f"{med('factory', 'seconds') / med('hand', 'seconds'):.2f}x",
+        f"{med('factory', 'cpu'):.2f}",
+        f"{med('hand', 'cpu'):.2f}",
+        f"**{med('factory', 'cpu') / med('hand', 'cpu'):.2f}x**",
+        f"{1000 * med('factory', 'cpu') / dags:.1f}",
+        f"{1000 * med('hand', 'cpu') / dags:.1f}",
+    ]
+    if "baseline" in results:
+        cells += [f"{med('baseline', 'cpu'):.2f}", f"{med('baseline', 'cpu') / med('hand', 'cpu'):.2f}x"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,500")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline-src", type=Path, help="another checkout whose factory is measured too")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     home = Path(tempfile.mkdtemp(prefix="bench-airflow-"))
@@ -108,38 +158,35 @@ def main() -> int:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "PYTHONPATH": f"{ROOT / 'plugins'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "PYTHONDONTWRITEBYTECODE": "",  # bytecode caches on, as in a deployment (an empty value turns it off)
         "DELIVERY_PROFILE": "kubernetes",
         "DELIVERY_CATALOG_STRICT": "1",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "0",  # 500 services take longer than the 30 s default
     }
+    header = "| services | factory tasks | hand-written tasks | factory s | hand-written s | ratio (wall) "
+    header += (
+        "| factory CPU s | hand-written CPU s | ratio (CPU) | factory CPU ms/DAG | hand-written CPU ms/DAG |"
+    )
+    if args.baseline_src:
+        header += " baseline factory CPU s | baseline ratio (CPU) |"
     rows = []
     for size in sizes:
         work = Path(tempfile.mkdtemp(prefix=f"bench-{size}-"))
         (work / "catalog").mkdir()
         make_catalog(work / "catalog", size)
-        hand = make_handwritten(work, size)
         env = {**base_env, "DELIVERY_CATALOG_DIR": str(work / "catalog")}
-        factory_runs, hand_runs = [], []
-        for _ in range(args.repeat):  # interleaved, so drift hits both sides alike
-            f = parse(ROOT / "dags" / "delivery_pipelines.py", env)
-            h = parse(hand, env)
-            for result in (f, h):
-                if result["errors"] or result["sockets"] or result["variables"]:
-                    print(json.dumps(result, indent=2), file=sys.stderr)
-                    return 1
-            factory_runs.append(float(f["seconds"]))
-            hand_runs.append(float(h["seconds"]))
-        fm, hm = statistics.median(factory_runs), statistics.median(hand_runs)
-        rows.append((size, f["dags"], f["tasks"], h["tasks"], fm, hm))
+        sides = {
+            "factory": (ROOT / "dags" / "delivery_pipelines.py", env),
+            "hand": (make_handwritten(work, size), env),
+        }
+        if args.baseline_src:
+            baseline_env = {**env, "PYTHONPATH": str(args.baseline_src.resolve() / "plugins")}
+            sides["baseline"] = (args.baseline_src.resolve() / "dags" / "delivery_pipelines.py", baseline_env)
+        rows.append(row(size, measure(sides, args.repeat)))
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        "| services | factory tasks | hand-written tasks | factory s | hand-written s | ratio | factory ms/DAG | hand-written ms/DAG |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for size, dags, ftasks, htasks, fm, hm in rows:
-        print(
-            f"| {size} | {ftasks} | {htasks} | {fm:.2f} | {hm:.2f} | {fm / hm:.2f}x | {1000 * fm / dags:.1f} | {1000 * hm / dags:.1f} |"
-        )
+    print(header)
+    print("|" + "---:|" * header.count(" |"))
+    print("\n".join(rows))
     print("\nNo parse opened a socket or read a Variable.")
     return 0
 

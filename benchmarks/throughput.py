@@ -57,7 +57,7 @@ def batch(server: AirflowServer, dags: list[str], conf: dict[str, str]) -> float
 def measure(executor: str, *, services: int, repeat: int) -> tuple[dict[str, list[float]], int]:
     """Wall times of each kind of batch, and the number of tasks of a bare DAG."""
     root = Path(tempfile.mkdtemp(prefix=f"bench-throughput-{executor}-"))
-    catalog, dags, tasks, _ = setup(root, services=services, copies=services)
+    catalog, dags, steps = setup(root, services=services, copies=services)
     server = AirflowServer(
         home=root / "airflow",
         port=free_port(),
@@ -79,7 +79,7 @@ def measure(executor: str, *, services: int, repeat: int) -> tuple[dict[str, lis
                 conf = {"ref": "main", "pipeline": "ci"} if kind == "pipelines" else {}
                 results[kind].append(batch(server, dag_ids(kind, services), conf))
                 print(f"[{executor}] {kind}: {results[kind][-1]:.1f}s", flush=True)
-        return results, len(tasks)
+        return results, len(steps)
     finally:
         server.destroy()
 

@@ -10,7 +10,9 @@ from delivery.catalog import load_catalog
 from delivery.catalog.errors import CatalogError
 from delivery.pipeline.factory import build_dags
 
-_catalog, _issues = load_catalog(strict=os.environ.get("DELIVERY_CATALOG_STRICT") == "1")
+# A worker about to run one task parses this file for that task's DAG only: one service file, one DAG.
+_dag_id = get_parsing_context().dag_id
+_catalog, _issues = load_catalog(strict=os.environ.get("DELIVERY_CATALOG_STRICT") == "1", dag_id=_dag_id)
 for _issue in _issues:
     # One bad service file must not hide every other pipeline; strict mode (CI) fails instead.
     import logging
@@ -19,5 +21,4 @@ for _issue in _issues:
 if _issues and not _catalog.services:
     raise CatalogError(_issues)
 
-# A task's process parses this file for its own DAG only: build just that service's DAGs.
-globals().update(build_dags(_catalog, dag_id=get_parsing_context().dag_id))
+globals().update(build_dags(_catalog, dag_id=_dag_id))

@@ -159,6 +159,20 @@ def test_non_strict_mode_keeps_the_good_services(catalog_copy: Path) -> None:
     assert [(i.service, i.field) for i in issues] == [("visiobook-web", "colour")]
 
 
+def test_a_worker_reads_only_the_service_file_of_the_dag_it_runs(catalog_copy: Path) -> None:
+    _edit(catalog_copy, "visiobook-web", _set("colour", value="blue"))  # not read for the API's DAGs
+    for dag_id in ("deliver_visiobook_api", "rollback_visiobook_api", "nightly_visiobook_api"):
+        catalog, issues = load_catalog(catalog_copy, dag_id=dag_id)
+        assert set(catalog.services) == {"visiobook-api"}, dag_id
+        assert issues == []
+    with pytest.raises(CatalogError, match="colour"):
+        load_catalog(catalog_copy, dag_id="deliver_visiobook_web")
+    # A DAG no service has (another DAG file's): the whole catalog, as without a DAG.
+    catalog, issues = load_catalog(catalog_copy, strict=False, dag_id="poll_visiobook_api")
+    assert set(catalog.services) == {"visiobook-api", "visiobook-inference"}
+    assert [(i.service, i.field) for i in issues] == [("visiobook-web", "colour")]
+
+
 def test_every_problem_is_listed_not_just_the_first(catalog_copy: Path) -> None:
     _edit(catalog_copy, "visiobook-web", _set("colour", value="blue"))
     _edit(catalog_copy, "visiobook-api", _set("approval_timeout", value="never"))

@@ -197,6 +197,27 @@ def test_kubernetes_profile_uses_pod_operators_for_every_stage() -> None:
             assert task.deferrable is True
 
 
+def test_a_worker_parses_only_the_dag_of_its_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow's parsing context (set while a worker loads the DAG of the task it runs) builds that DAG
+    alone, the same as in a full parse; a DAG of another file gets the full parse."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag_file = str(ROOT / "dags" / "delivery_pipelines.py")
+    full = DagBag(dag_folder=dag_file)
+    for dag_id in ("deliver_visiobook_web", "rollback_visiobook_api"):
+        monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", dag_id)
+        one = DagBag(dag_folder=dag_file)
+        assert list(one.dags) == [dag_id]
+        dag, expected = one.dags[dag_id], full.dags[dag_id]
+        assert set(dag.task_dict) == set(expected.task_dict)
+        assert {t: sorted(task.upstream_task_ids) for t, task in dag.task_dict.items()} == {
+            t: sorted(task.upstream_task_ids) for t, task in expected.task_dict.items()
+        }
+        assert dag.params.dump() == expected.params.dump()
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "poll_visiobook_web")
+    assert set(DagBag(dag_folder=dag_file).dags) == set(full.dags)
+
+
 def test_bad_profile_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     from delivery.profiles import ProfileError, active_profile
 
@@ -247,13 +268,3 @@ def test_the_pools_command_lists_every_deploy_pool(capsys: pytest.CaptureFixture
     }
     assert len(pools) == 2 * len(SERVICES)
 
-
-def test_a_tasks_parse_builds_only_its_services_dags(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A task's process parses the DAG file with Airflow's parsing context: only its service's DAGs."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "rollback_visiobook_api")
-    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "revert")
-    bag = DagBag(dag_folder=str(ROOT / "dags" / "delivery_pipelines.py"))
-    assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"deliver_visiobook_api", "rollback_visiobook_api"}

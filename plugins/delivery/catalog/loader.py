@@ -6,9 +6,16 @@ Layout::
       platform.yaml          # the platform: registry, GitOps repo, connections, cluster
       services/<name>.yaml   # one service per file; the file name is the service name
 
-Files are read with ``yaml.safe_load`` only. Every problem is collected, so one
+Files are read with YAML's safe loader only (libyaml's when PyYAML has it: the
+same documents, several times faster; a file it refuses is read again by the pure
+Python loader for the same error message). Every problem is collected, so one
 run of ``delivery-catalog validate`` lists them all, each naming the file, the
 service and the field.
+
+A worker about to run one task parses the DAG file for that task's DAG only
+(Airflow's parsing context): :func:`load_catalog` with ``dag_id`` then reads
+``platform.yaml`` and the one service file whose DAGs include it, not the whole
+catalog.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from delivery.catalog.errors import CatalogError, CatalogIssue
 from delivery.catalog.models import Catalog, Platform, Service
 
 DEFAULT_CATALOG_DIR = Path(__file__).resolve().parents[3] / "include" / "catalog"
+_FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def catalog_dir() -> Path:
@@ -61,13 +69,21 @@ def _issues_from_validation(exc: ValidationError, *, file: str, service: str | N
     return issues
 
 
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with libyaml; the pure Python loader words the errors (as they always were)."""
+    try:
+        return yaml.load(text, Loader=_FAST_LOADER)  # a safe loader: CSafeLoader, else SafeLoader
+    except yaml.YAMLError:
+        return yaml.safe_load(text)
+
+
 def _read_yaml(path: Path, *, service: str | None) -> tuple[Any, list[CatalogIssue]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         return None, [CatalogIssue(str(path), service, "(file)", f"cannot be read: {exc.strerror}")]
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -129,8 +145,23 @@ def load_service(path: Path) -> tuple[Service | None, list[CatalogIssue]]:
     return service, []
 
 
+def dag_ids(service_name: str) -> set[str]:
+    """The ids of every DAG a service may have (delivery, rollback, nightly), from its name alone."""
+    named = Service.model_construct(name=service_name)  # not validated: the ids depend on the name only
+    return {named.dag_id, named.rollback_dag_id, named.nightly_dag_id}
+
+
+def service_files(base: Path, *, dag_id: str | None = None) -> list[Path]:
+    """The service files of the catalog in ``base``; with ``dag_id``, only the file of the service
+    that has this DAG (a file is named after its service), or all of them when none has it."""
+    files = sorted((base / "services").glob("*.yaml")) + sorted((base / "services").glob("*.yml"))
+    if dag_id is None:
+        return files
+    return [path for path in files if dag_id in dag_ids(path.stem)] or files
+
+
 def load_catalog(
-    root: Path | str | None = None, *, strict: bool = True
+    root: Path | str | None = None, *, strict: bool = True, dag_id: str | None = None
 ) -> tuple[Catalog, list[CatalogIssue]]:
     """Load and validate the whole catalog.
 
@@ -138,6 +169,8 @@ def load_catalog(
     them. With ``strict=False`` the valid services are returned with the issues
     of the others, so that one bad file does not hide every other pipeline;
     a broken ``platform.yaml`` always raises, since nothing can be built without it.
+    ``dag_id`` (a worker parsing the DAG of the task it runs) loads only the service
+    that has this DAG, when one has it (:func:`service_files`).
     """
     base = Path(root) if root is not None else catalog_dir()
     if not base.is_dir():
@@ -145,8 +178,7 @@ def load_catalog(
     platform, issues = load_platform(base)
     services: dict[str, Service] = {}
     sources: dict[str, str] = {}
-    files = sorted((base / "services").glob("*.yaml")) + sorted((base / "services").glob("*.yml"))
-    for path in files:
+    for path in service_files(base, dag_id=dag_id):
         service, service_issues = load_service(path)
         issues += service_issues
         if service is None:

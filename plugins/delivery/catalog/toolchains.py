@@ -30,7 +30,6 @@ from delivery.catalog.models import (
 )
 
 _PG_ENV = {"POSTGRES_USER": "test", "POSTGRES_PASSWORD": "test", "POSTGRES_DB": "test"}
-TEST_DATABASE_URL = "postgresql://test:test@127.0.0.1:5432/test"
 
 
 def _test_database(platform: Platform) -> ServiceContainer:

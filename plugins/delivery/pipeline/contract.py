@@ -2,19 +2,27 @@
 
 Values are Jinja templates rendered by Airflow at run time, reading the commit
 resolved by ``validate.checkout`` from XCom, so that every stage of a run
-works on the same commit even when the trigger named a branch.
+works on the same commit even when the trigger named a branch. A runner that
+starts its own process (the local shell runner) may read that result once
+instead (:data:`SOURCE_TEMPLATE`, :func:`source_env`): one XCom read per stage
+rather than one per variable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from delivery.catalog.models import Platform, Service
-from delivery.catalog.toolchains import TEST_DATABASE_URL, ResolvedStage
+if TYPE_CHECKING:  # only types: the local stage runner's process imports this module without pydantic
+    from collections.abc import Mapping
+
+    from delivery.catalog.models import Platform, Service
+    from delivery.catalog.toolchains import ResolvedStage
 
 CHECKOUT_TASK = "validate.checkout"
+TEST_DATABASE_URL = "postgresql://test:test@127.0.0.1:5432/test"
+"""Where a stage's ``test-db`` helper service answers (a sidecar in Kubernetes)."""
 
 
 def _commit(key: str) -> str:
@@ -22,6 +30,24 @@ def _commit(key: str) -> str:
 
 
 COMMIT_SHA = _commit("sha")
+_SOURCE_VARS = {"DELIVERY_SHA": "sha", "DELIVERY_REF": "ref", "DELIVERY_BRANCH": "branch"}
+SOURCE_ENV = "DELIVERY_SOURCE"
+SOURCE_TEMPLATE = "{{ ti.xcom_pull(task_ids='" + CHECKOUT_TASK + "') | tojson }}"
+"""``validate.checkout``'s whole result as JSON, for :func:`source_env` (one XCom read)."""
+
+
+def source_templates() -> dict[str, str]:
+    """The variables of the contract read from ``validate.checkout``'s result, as templates."""
+    templates = {name: _commit(key) for name, key in _SOURCE_VARS.items()}
+    templates["IMAGE_TAGS"] = "{{ ti.xcom_pull(task_ids='" + CHECKOUT_TASK + "')['image_tags'] | join(' ') }}"
+    return templates
+
+
+def source_env(source: Mapping[str, Any]) -> dict[str, str]:
+    """The same variables, with the values those templates render, from the result itself."""
+    env = {name: str(source[key]) for name, key in _SOURCE_VARS.items()}
+    env["IMAGE_TAGS"] = " ".join(str(tag) for tag in source["image_tags"])
+    return env
 
 
 def untrusted(context: Any) -> bool:
@@ -66,13 +92,10 @@ def stage_env(
     env = {
         "DELIVERY_SERVICE": service.name,
         "DELIVERY_STAGE": stage.name,
-        "DELIVERY_SHA": COMMIT_SHA,
-        "DELIVERY_REF": _commit("ref"),
-        "DELIVERY_BRANCH": _commit("branch"),
+        **source_templates(),
         "DELIVERY_RUN_ID": "{{ run_id }}",
         "DELIVERY_REPO_URL": service.repo.url,
         "IMAGE": f"{registry}/{service.image.repository}",
-        "IMAGE_TAGS": "{{ ti.xcom_pull(task_ids='" + CHECKOUT_TASK + "')['image_tags'] | join(' ') }}",
         "IMAGE_CONTEXT": service.image.context,
         "IMAGE_DOCKERFILE": service.image.dockerfile,
         "MIN_COVERAGE": f"{service.min_coverage:g}",

@@ -5,7 +5,10 @@ delivery pipeline, its nightly variant and the ``rollback_<service>`` DAG. The
 builders ask the active profile (:mod:`delivery.profiles`) for what differs
 between profiles (stages, syncs, URLs, registry); they never test which profile
 they have. Nothing here touches the network, the metadata database or
-Variables: DAG files stay cheap to parse.
+Variables: DAG files stay cheap to parse. Operators that only some services use
+(the SonarQube gate, the Prometheus verification, the GPU health check) are
+imported by their builders, so a DAG without them, parsed again by every task
+process of its runs, does not import their HTTP clients.
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from airflow.sdk import DAG, BaseOperator, TaskGroup
 from delivery.catalog import Catalog, Service
 from delivery.catalog.models import EnvironmentSpec
 from delivery.catalog.toolchains import ResolvedStage, resolve_stages
-from delivery.gpu.health import GpuServiceHealthOperator
 from delivery.integrations.health import HealthCheckSensor
-from delivery.integrations.sonarqube import SonarQualityGateOperator
 from delivery.notify import PipelineEvent, PipelineEventNotifier, TaskFailureNotifier
 from delivery.pipeline import task_ids as ids
 from delivery.pipeline.contract import TEMPLATE_FILTERS
@@ -43,7 +44,6 @@ from delivery.profiles import DeliveryProfile, active_profile, health_url
 from delivery.profiles.base import Sync
 from delivery.reporting.notifiers import ApprovalPendingNotifier
 from delivery.steps import gpu, outcome, release, rollback, source
-from delivery.verification.operator import VerifyReleaseOperator
 from delivery.verification.review import HoldReviewOperator
 
 log = logging.getLogger(__name__)
@@ -85,22 +85,30 @@ class DagFactory:
 
     # -- DAGs ---------------------------------------------------------------------
 
+    def _builds(self, service: Service) -> dict[str, Callable[[], DAG]]:
+        """dag id -> how to build it, for every DAG of ``service``."""
+        builds: dict[str, Callable[[], DAG]] = {
+            service.dag_id: functools.partial(self.build, service),
+            service.rollback_dag_id: functools.partial(self.build_rollback, service),
+        }
+        if service.schedule:
+            builds[service.nightly_dag_id] = functools.partial(
+                self.build, service, dag_id=service.nightly_dag_id, schedule=service.schedule
+            )
+        return builds
+
     def build_all(self, *, dag_id: str | None = None) -> dict[str, DAG]:
         """Every DAG of every service; a service whose DAGs cannot be built is logged and skipped.
 
-        With ``dag_id`` (a task's process parses the file for its own DAG: Airflow's parsing
-        context), only the DAGs of the service that owns it are built.
+        ``dag_id`` (a worker parsing the DAG of the task it runs): only that DAG, when a service has it.
         """
-        services = sorted(self.catalog.services.items())
-        owner = [(n, s) for n, s in services if dag_id in (s.dag_id, s.nightly_dag_id, s.rollback_dag_id)]
+        builds = {name: self._builds(service) for name, service in sorted(self.catalog.services.items())}
+        if dag_id is not None and any(dag_id in by_id for by_id in builds.values()):
+            builds = {name: {dag_id: by_id[dag_id]} for name, by_id in builds.items() if dag_id in by_id}
         dags: dict[str, DAG] = {}
-        for name, service in owner or services:
+        for name, by_id in builds.items():
             try:
-                built = [self.build(service), self.build_rollback(service)]
-                if service.schedule:
-                    built.append(
-                        self.build(service, dag_id=service.nightly_dag_id, schedule=service.schedule)
-                    )
+                built = [build() for build in by_id.values()]
             except Exception:
                 log.exception(
                     "Could not build the DAGs of service %r (%s)", name, self.catalog.sources.get(name)
@@ -242,6 +250,8 @@ class DagFactory:
         )
 
     def _quality_gate(self, step: Step, service: Service) -> BaseOperator:
+        from delivery.integrations.sonarqube import SonarQualityGateOperator  # aiohttp: quality gates only
+
         assert service.sonar_project_key is not None
         return SonarQualityGateOperator(
             task_id=step.name,
@@ -317,6 +327,8 @@ class DagFactory:
         )
 
     def _gpu_health(self, step: Step, service: Service) -> BaseOperator:
+        from delivery.gpu.health import GpuServiceHealthOperator  # the GPU harness: GPU services only
+
         assert service.gpu is not None
         return GpuServiceHealthOperator(
             task_id=step.name,
@@ -369,6 +381,8 @@ class DagFactory:
                 poke_interval=5,
                 pre_execute=own_release,
             )
+        from delivery.verification.operator import VerifyReleaseOperator  # aiohttp: PromQL checks only
+
         return VerifyReleaseOperator(
             task_id=step.name,
             verify=env.verify,
@@ -489,5 +503,5 @@ def _add_failure_event(task: BaseOperator, step: Step, service: Service) -> None
 
 
 def build_dags(catalog: Catalog, *, dag_id: str | None = None) -> dict[str, DAG]:
-    """The DAGs of the catalog (only those of ``dag_id``'s service when it is given)."""
+    """Every DAG of the catalog; with ``dag_id`` (Airflow's parsing context on a worker) only that one."""
     return DagFactory(catalog=catalog).build_all(dag_id=dag_id)

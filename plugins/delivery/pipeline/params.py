@@ -3,9 +3,12 @@ receiver send the same keys as ``conf``."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow.sdk import Param
 
-from delivery.catalog import Service
+if TYPE_CHECKING:
+    from delivery.catalog import Service
 
 ENVIRONMENTS = ("production", "staging")
 
@@ -45,10 +48,17 @@ Alertmanager starts this DAG for firing alerts labelled `service="{name}"` and
 
 
 def pipeline_params(service: Service, *, pipeline: str = "full") -> dict[str, Param]:
-    """The trigger form. Git events send the same keys as ``conf``."""
+    """The trigger form of ``service``'s pipeline. Git events send the same keys as ``conf``."""
+    return pipeline_form(
+        release_branch=service.repo.release_branch, migrations=service.migrations, pipeline=pipeline
+    )
+
+
+def pipeline_form(*, release_branch: str, migrations: bool, pipeline: str = "full") -> dict[str, Param]:
+    """The trigger form of a delivery pipeline, from the catalog values it shows."""
     return {
         "ref": Param(
-            service.repo.release_branch,
+            release_branch,
             type="string",
             title="Git ref",
             description="Branch, tag (refs/tags/v1.2.3) or full sha to deliver.",
@@ -62,7 +72,7 @@ def pipeline_params(service: Service, *, pipeline: str = "full") -> dict[str, Pa
             description="full: through production. ci: validate, build and test only (pull requests).",
         ),
         "migration": Param(
-            service.migrations,
+            migrations,
             type="boolean",
             title="Carries a DB migration",
             description="A rollback of this release then waits for a DB restore.",
@@ -95,7 +105,12 @@ def pipeline_params(service: Service, *, pipeline: str = "full") -> dict[str, Pa
 
 
 def rollback_params(service: Service) -> dict[str, Param]:
-    """The trigger form; the Alertmanager receiver sends the same keys as ``conf``."""
+    """The trigger form of ``service``'s rollback DAG (the same for every service)."""
+    return rollback_form()
+
+
+def rollback_form() -> dict[str, Param]:
+    """The trigger form of a rollback DAG; the Alertmanager receiver sends the same keys as ``conf``."""
     return {
         "reason": Param(
             type="string",

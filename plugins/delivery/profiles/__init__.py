@@ -6,30 +6,36 @@ target). :func:`active_profile` picks one as :mod:`delivery.profiles.selection`
 says. Each profile imports its heavy clients (kubernetes, docker) only in the
 methods that build its operators, so parsing the DAGs of one profile never pays
 for the other.
+
+The names below are loaded on first use (PEP 562), so that importing one module
+of a profile (the local stage runner's own process, :mod:`delivery.profiles.local.shell`)
+does not import Airflow, the catalog and every profile with this package.
 """
 
 from __future__ import annotations
 
-from delivery.catalog.models import EnvironmentSpec, Platform, Profile
-from delivery.profiles.base import DeliveryProfile
-from delivery.profiles.kubernetes.profile import KubernetesProfile
-from delivery.profiles.local.profile import LocalProfile
-from delivery.profiles.selection import ENV_VAR, ProfileError, selected_kind
+import importlib
+from typing import TYPE_CHECKING, Any
 
-PROFILES: dict[Profile, type[DeliveryProfile]] = {
-    Profile.KUBERNETES: KubernetesProfile,
-    Profile.LOCAL: LocalProfile,
+if TYPE_CHECKING:
+    from delivery.profiles.active import PROFILES, active_profile, health_url
+    from delivery.profiles.base import DeliveryProfile
+    from delivery.profiles.selection import ENV_VAR, ProfileError
+
+_EXPORTS = {
+    "ENV_VAR": "delivery.profiles.selection",
+    "ProfileError": "delivery.profiles.selection",
+    "DeliveryProfile": "delivery.profiles.base",
+    "PROFILES": "delivery.profiles.active",
+    "active_profile": "delivery.profiles.active",
+    "health_url": "delivery.profiles.active",
 }
 
 
-def active_profile(platform: Platform) -> DeliveryProfile:
-    """The profile of this Airflow (``DELIVERY_PROFILE``, else the catalog's ``platform.profile``)."""
-    return PROFILES[selected_kind(platform)]()
-
-
-def health_url(profile: DeliveryProfile, env: EnvironmentSpec) -> str:
-    """Where the health endpoint of ``env`` answers, for ``profile``'s deploy target."""
-    return profile.service_url(env).rstrip("/") + env.health_path
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
 
 
 __all__ = ["ENV_VAR", "PROFILES", "DeliveryProfile", "ProfileError", "active_profile", "health_url"]

@@ -22,6 +22,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from docker.types import DeviceRequest, Mount
 
 from delivery.catalog.fields import quantity_to_bytes
+from delivery.profiles.local.shell import SKIP_EXIT_CODE, gpu_policy, has_gpu
 from delivery.profiles.local.workspaces import prepare_run_workspace, service_workspaces
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from delivery.catalog.toolchains import ResolvedStage
 
 CONTAINER_WORKSPACE = "/workspace"
-SKIP_EXIT_CODE = 99
 
 
 class StageDockerOperator(DockerOperator):
@@ -57,8 +57,6 @@ class StageDockerOperator(DockerOperator):
 
     def execute(self, context: Context) -> Any:
         from airflow.sdk.exceptions import AirflowSkipException
-
-        from delivery.profiles.local.shell import has_gpu
 
         if self.gpu_policy is not None:
             present, detail = has_gpu()
@@ -96,10 +94,9 @@ def docker_stage_operator(
         registry=platform.local.registry,
     )
     env.setdefault("HOME", "/tmp")
-    gpu_policy = None
+    policy = gpu_policy(service, stage)
     device_requests = None
-    if stage.gpu and service.gpu is not None:
-        gpu_policy = "cpu" if service.gpu.allow_cpu_fallback else service.gpu.on_missing_gpu
+    if policy is not None and service.gpu is not None:
         device_requests = [DeviceRequest(count=service.gpu.count, capabilities=[["gpu"]])]
         env["DELIVERY_GPU_DEVICE"] = "cuda"
     memory = stage.resources.memory_limit or stage.resources.memory
@@ -108,7 +105,7 @@ def docker_stage_operator(
         repo_url=git_url(service.repo.url),
         workspaces_dir=str(service_workspaces(platform, service.name)),
         keep_failed_workspaces=platform.local.keep_failed_workspaces,
-        gpu_policy=gpu_policy,
+        gpu_policy=policy,
         image=stage.image,
         command=["bash", "-euo", "pipefail", "-c", stage.command],
         environment=env,

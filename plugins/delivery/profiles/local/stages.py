@@ -3,6 +3,11 @@
 This is how a shell runner works in other CI systems, with the safety a
 worker needs:
 
+* **resolved once**: the stage's command, helper services, GPU policy,
+  repository and workspace folder are resolved when the DAG is parsed and handed
+  to the stage's process (:class:`~delivery.profiles.local.shell.StageSpec`, JSON in
+  ``DELIVERY_STAGE_SPEC``, never a Jinja template), which then imports neither
+  Airflow nor the catalog: a stage costs little more than the command itself;
 * **workspace**: ``<workspace_root>/<service>/<run folder>``, a clone of the
   service repo checked out (detached) at the run's commit, created under a file
   lock by whichever stage needs it first, so reruns and parallel stages are
@@ -41,13 +46,13 @@ from delivery.catalog.loader import catalog_dir
 from delivery.catalog.models import Platform, Service, Stage
 from delivery.catalog.toolchains import ResolvedStage
 from delivery.paths import PROJECT_ROOT
-from delivery.pipeline.contract import stage_env
+from delivery.pipeline.contract import SOURCE_ENV, SOURCE_TEMPLATE, source_templates, stage_env
 from delivery.profiles.local import steps
+from delivery.profiles.local.shell import SKIP_EXIT_CODE, SPEC_ENV, StageSpec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-SKIP_EXIT_CODE = 99
 IMAGE_STAGES = {
     Stage.IMAGE_BUILD: steps.local_image_build,
     Stage.IMAGE_SCAN: steps.local_image_scan,
@@ -57,9 +62,18 @@ IMAGE_STAGES = {
 
 class StageShellOperator(BashOperator):
     """A stage's command: its failure is final; only an infrastructure failure (a killed worker or
-    process, a lost heartbeat) uses the task's retries, so a red test is not run twice."""
+    process, a lost heartbeat) uses the task's retries, so a red test is not run twice.
+
+    ``stage_spec`` (JSON, not a template field) reaches the stage's process in ``DELIVERY_STAGE_SPEC``,
+    added to the environment once the templates are rendered.
+    """
+
+    def __init__(self, *, stage_spec: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage_spec = stage_spec
 
     def execute(self, context: Context) -> Any:
+        self.env = {**(self.env or {}), SPEC_ENV: self.stage_spec}
         try:
             return super().execute(context)
         except AirflowException as exc:
@@ -82,9 +96,14 @@ def local_stage_operator(
 
         return docker_stage_operator(service=service, platform=platform, stage=stage, **operator_kwargs)
     # The runner (delivery.profiles.local.shell) sets DELIVERY_WORKSPACE and HOME to the run's checkout.
+    # PYTHONPATH, the catalog folder and the profile are the commands' (python3 -m delivery.gpu.harness...).
     env = stage_env(
         service=service, platform=platform, stage=stage, workspace=None, registry=platform.local.registry
     )
+    # The commit variables: the runner expands validate.checkout's result, read once (not once each).
+    templates = source_templates()
+    env = {name: value for name, value in env.items() if templates.get(name) != value}
+    env[SOURCE_ENV] = SOURCE_TEMPLATE
     env.update(
         {
             "PATH": os.pathsep.join(
@@ -102,6 +121,7 @@ def local_stage_operator(
         f"--service {shlex.quote(service.name)} --stage {shlex.quote(stage.name)}"
     )
     return StageShellOperator(
+        stage_spec=StageSpec.resolve(service=service, platform=platform, stage=stage).to_json(),
         bash_command=command,
         env=env,
         append_env=False,

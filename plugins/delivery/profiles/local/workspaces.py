@@ -13,7 +13,9 @@ computed in Python at run time from the run id, never from a template.
   same still differ.
 * **Preparation** (:func:`ensure_workspace`) happens under a lock (a sibling
   ``.<folder>.lock``) by whichever stage needs the checkout first, so reruns
-  and parallel stages are safe; the checkout's ``HEAD`` must be the run's commit.
+  and parallel stages are safe; the checkout's ``HEAD`` must be the run's commit. Every
+  later stage of the run finds the checkout there: under the lock, it reads the detached
+  ``HEAD`` from ``.git/HEAD`` (no git process, no clone), which is the common case.
 * **Cleanup**: at the end of a run (:func:`finish_workspace`, from the
   pipeline's outcome task) a successful run's workspace is removed; a failed
   run's is kept for inspection with a sibling ``.<folder>.finished`` record,
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from delivery.gitops.errors import GitOpsError, GitOpsLockTimeoutError
-from delivery.gitops.git import Git, check_sha
+from delivery.gitops.git import SHA_RE, Git, check_sha
 from delivery.gitops.locks import file_lock
 from delivery.paths import project_path
 from delivery.pipeline.contract import run_folder
@@ -83,8 +85,17 @@ def _record_path(workspace: Path) -> Path:
 
 
 def _head(workspace: Path) -> str:
-    if not (workspace / ".git").is_dir():
+    """The commit the checkout's ``HEAD`` names: read from ``.git/HEAD`` when it is detached at a
+    commit (every workspace is), else asked of git."""
+    git_dir = workspace / ".git"
+    if not git_dir.is_dir():
         return ""
+    try:
+        detached = (git_dir / "HEAD").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        detached = ""
+    if SHA_RE.match(detached):
+        return detached
     proc = Git(cwd=workspace).run("rev-parse", "-q", "--verify", "HEAD", action="git rev-parse", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else ""
 

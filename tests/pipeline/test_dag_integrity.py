@@ -267,4 +267,3 @@ def test_the_pools_command_lists_every_deploy_pool(capsys: pytest.CaptureFixture
         "include_deferred": True,
     }
     assert len(pools) == 2 * len(SERVICES)
-

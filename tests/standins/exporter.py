@@ -142,7 +142,12 @@ class MetricsExporter:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._threads = [
-            threading.Thread(target=self._server.serve_forever, name="exporter-http", daemon=True),
+            threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="exporter-http",
+                daemon=True,
+            ),
             threading.Thread(target=self._simulate, name="exporter-traffic", daemon=True),
         ]
         for thread in self._threads:

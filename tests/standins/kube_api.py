@@ -166,7 +166,10 @@ class KubeApiStandIn:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="kube-api-standin", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="kube-api-standin",
+            daemon=True,
         )
         self._thread.start()
         return self

@@ -1,21 +1,26 @@
-"""Fixtures for the local platform tests: a REAL Docker engine and registry.
+"""Fixtures for the local platform tests: a REAL Docker engine and registry, and a one-service catalog.
 
 The engine, the registry and the base images are started through
 ``scripts/local/*.sh`` when they are not already there; if that fails, the tests
-fail with the script's message (they are never skipped).
+fail with the script's message (they are never skipped). The modules that use them
+are marked ``e2e``.
 """
 
 from __future__ import annotations
 
 import secrets
-import socket
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import yaml
 
+from delivery.catalog import Catalog, load_catalog
 from delivery.devenv.demo import assemble_service
+from delivery.paths import PROJECT_ROOT
 from delivery.profiles.local.images import ImageRef, build_and_push
-from tests.helpers import ROOT
+from delivery.profiles.local.workspaces import run_folder
+from tests.helpers import ROOT, git
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -24,12 +29,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = ROOT
 SERVICES = REPO_ROOT / "include" / "services"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +84,37 @@ def web_image(
     yield ref
     for image in docker_client.images.list(name=f"{registry}/{web_repository}"):
         docker_client.images.remove(image.id, force=True)
+
+
+@pytest.fixture
+def catalog_and_repo(tmp_path: Path) -> tuple[Catalog, str, Path]:
+    """A catalog whose inference service runs its stages with the docker runner, from a one-commit
+    repo: (catalog, the commit, the run's workspace folder)."""
+    repo = tmp_path / "svc"
+    repo.mkdir()
+    (repo / "greeting.txt").write_text("bonjour\n")
+    git("init", "-q", "--initial-branch=main", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "init", cwd=repo)
+    sha = git("rev-parse", "HEAD", cwd=repo)
+    catalog = tmp_path / "catalog"
+    (catalog / "services").mkdir(parents=True)
+    platform = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/platform.yaml").read_text())
+    platform["platform"]["local"]["runner"] = "docker"
+    platform["platform"]["local"]["workspace_root"] = str(tmp_path / "workspaces")
+    (catalog / "platform.yaml").write_text(yaml.safe_dump(platform))
+    service: dict[str, Any] = yaml.safe_load(
+        (PROJECT_ROOT / "include/catalog-local/services/visiobook-inference.yaml").read_text()
+    )
+    service["repo"]["url"] = str(repo)
+    image = "visiobook/python-base:bookworm"
+    service["stages"] = {
+        "unit_tests": {
+            "image": image,
+            "command": 'cat greeting.txt; echo "$DELIVERY_SERVICE $DELIVERY_SHA" > built.txt',
+        },
+        "gpu_inference": {"image": image, "command": 'echo "device=$DELIVERY_GPU_DEVICE"'},
+    }
+    (catalog / "services" / "visiobook-inference.yaml").write_text(yaml.safe_dump(service))
+    cat, _ = load_catalog(catalog)
+    return cat, sha, tmp_path / "workspaces" / "visiobook-inference" / run_folder(RUN_ID)

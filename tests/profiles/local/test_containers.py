@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from delivery.profiles.local.containers import ReleaseHealthError, current_release, run_release, stop_release
-from tests.profiles.local.conftest import SERVICES, free_port
+from tests.helpers import free_port
+from tests.profiles.local.conftest import SERVICES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     import docker
 
     from delivery.profiles.local.images import ImageRef
+
+pytestmark = pytest.mark.e2e  # the Docker engine, the registry, containers
 
 
 @pytest.fixture

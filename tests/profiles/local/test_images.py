@@ -19,12 +19,15 @@ from delivery.profiles.local.images import (
     build_and_push,
     push_tag,
 )
-from tests.profiles.local.conftest import SERVICES, free_port
+from tests.helpers import free_port
+from tests.profiles.local.conftest import SERVICES
 
 if TYPE_CHECKING:
     import docker
 
     from delivery.profiles.local.images import ImageRef
+
+pytestmark = pytest.mark.e2e  # the Docker engine and the registry
 
 
 def _tags(registry: str, repository: str) -> list[str]:

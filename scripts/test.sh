@@ -1,7 +1,26 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing (Debian packages as root, then the venv), then `make test`:
 # ruff, mypy and the whole suite, which starts the real services it needs.
+#
+# The suite leaves nothing running that it started: the Docker engine and the image registry are
+# stopped at the end when they were not already running before (an engine or a registry you
+# started yourself, e.g. with `scripts/run-local.sh start`, is left as it was). Airflow,
+# PostgreSQL, Prometheus, Alertmanager and the stand-ins are stopped by the tests' own fixtures.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$ROOT/scripts/install-deps.sh"
-exec make -C "$ROOT" --no-print-directory test
+
+started_here=()
+bash "$ROOT/scripts/local/registry.sh" status >/dev/null 2>&1 || started_here+=(registry)
+bash "$ROOT/scripts/local/docker-engine.sh" status >/dev/null 2>&1 || started_here+=(docker-engine)
+
+stop_what_the_suite_started() {
+  local status=$? part
+  for part in "${started_here[@]}"; do  # the registry first, then the engine
+    bash "$ROOT/scripts/local/$part.sh" stop || echo "test.sh: could not stop the $part the suite started" >&2
+  done
+  exit "$status"
+}
+trap stop_what_the_suite_started EXIT
+
+make -C "$ROOT" --no-print-directory test

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubernetes.client import Configuration
+from airflow.providers.cncf.kubernetes.secret import Secret
+from kubernetes.client import ApiClient, Configuration
 from kubernetes.client import models as k8s
 
 from delivery.catalog.models import Platform, Service
 from delivery.catalog.toolchains import ResolvedStage
+from delivery.gpu.configmap import harness_env, harness_volume
 from delivery.image_tags import image_tags
 from delivery.pipeline.contract import COMMIT_SHA, RUN_KEY, stage_env
+from delivery.profiles.kubernetes.stage_pod import StagePodOperator
 
 # Every generated Kubernetes model copies the default client Configuration when built without
 # one (and that copy resets loggers): at thousands of objects per DAG file that dominated parse
@@ -240,8 +243,6 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
     if stage.stage.value == "gpu_benchmark":
         # The service image does not contain the harness: it comes from the delivery-gpu-harness
         # ConfigMap (`python -m delivery.gpu.configmap | kubectl apply -f -`).
-        from delivery.gpu.configmap import harness_env, harness_volume
-
         harness_vol, harness_mount = harness_volume()
         kwargs["volumes"].append(harness_vol)
         kwargs["volume_mounts"].append(harness_mount)
@@ -261,8 +262,6 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
 
 
 def _secrets(stage: ResolvedStage) -> list[Any]:
-    from airflow.providers.cncf.kubernetes.secret import Secret
-
     secrets = []
     for var, ref in sorted(stage.secret_env.items()):
         name, _, key = ref.partition("/")
@@ -274,8 +273,6 @@ def pod_operator(
     *, service: Service, platform: Platform, stage: ResolvedStage, **operator_kwargs: Any
 ) -> Any:
     """The ``KubernetesPodOperator`` of one stage."""
-    from delivery.profiles.kubernetes.stage_pod import StagePodOperator
-
     return StagePodOperator(
         **pod_operator_kwargs(service=service, platform=platform, stage=stage),
         avoid_previous_nodes=stage.gpu,  # a retry reschedules on a different GPU node (seed flow 4)
@@ -303,8 +300,6 @@ def render_pod(
     run_id: str = "manual__render",
 ) -> dict[str, Any]:
     """The pod of a stage as the API server would receive it, built offline (no cluster)."""
-    from kubernetes.client import ApiClient
-
     branch = ref.removeprefix("refs/heads/")
     source = {
         "sha": sha,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from airflow.sdk import get_parsing_context
@@ -15,8 +16,6 @@ _dag_id = get_parsing_context().dag_id
 _catalog, _issues = load_catalog(strict=os.environ.get("DELIVERY_CATALOG_STRICT") == "1", dag_id=_dag_id)
 for _issue in _issues:
     # One bad service file must not hide every other pipeline; strict mode (CI) fails instead.
-    import logging
-
     logging.getLogger("delivery").error("catalog: %s", _issue)
 if _issues and not _catalog.services:
     raise CatalogError(_issues)

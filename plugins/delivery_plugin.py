@@ -12,12 +12,12 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from delivery.web.app import create_app
+from delivery.web.dora import app as dora_app
+from delivery.web.notifications import app as notifications_app
+
 
 def _apps() -> list[dict[str, Any]]:
-    from delivery.web.app import create_app
-    from delivery.web.dora import app as dora_app
-    from delivery.web.notifications import app as notifications_app
-
     # The more specific prefixes first: /delivery would otherwise catch /delivery/dora.
     return [
         {"app": dora_app, "url_prefix": "/delivery/dora", "name": "Visiobook DORA metrics"},

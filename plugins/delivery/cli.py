@@ -19,7 +19,8 @@ import yaml
 
 from delivery.catalog import Catalog, CatalogError, Stage, load_catalog
 from delivery.catalog.schema import SCHEMA_DIR, platform_schema, service_schema, write_schemas
-from delivery.pipeline.plan import deploy_pool
+from delivery.catalog.toolchains import resolve_stages
+from delivery.pipeline.plan import build_plan, deploy_pool
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -28,9 +29,6 @@ def _validate(args: argparse.Namespace) -> int:
     except CatalogError as exc:
         print(exc, file=sys.stderr)
         return 1
-    from delivery.catalog.toolchains import resolve_stages
-    from delivery.pipeline.plan import build_plan
-
     for name, service in sorted(catalog.services.items()):
         try:
             stages = resolve_stages(service, catalog.platform)
@@ -46,8 +44,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from delivery.catalog.toolchains import resolve_stages
-    from delivery.profiles.kubernetes.pods import render_pod
+    from delivery.profiles.kubernetes.pods import render_pod  # noqa: PLC0415 the kubernetes client: render only
 
     catalog, _ = load_catalog(args.catalog, strict=True)
     try:
@@ -65,7 +62,7 @@ def _render(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure YAML: operator logs go to stderr
         pod = render_pod(service=service, platform=catalog.platform, stage=stage, sha=args.sha, ref=args.ref)
     if args.validate:
-        import kubernetes_validate
+        import kubernetes_validate  # noqa: PLC0415 a dev requirement: only with --validate
 
         kubernetes_validate.validate(pod, args.kubernetes_version, strict=True)
     sys.stdout.write(yaml.safe_dump(pod, sort_keys=False))
@@ -73,8 +70,6 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from delivery.pipeline.plan import build_plan
-
     catalog, _ = load_catalog(args.catalog, strict=True)
     plan = build_plan(catalog.service(args.service))
     for step in plan.steps:

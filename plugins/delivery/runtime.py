@@ -15,6 +15,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from airflow.sdk.bases.hook import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 
 from delivery.catalog import Catalog, Service, load_catalog
@@ -56,8 +57,6 @@ def gitops_repo() -> GitOpsRepo:
     url = git_url(platform.gitops.repo_url)
     username = password = None
     try:
-        from airflow.sdk.bases.hook import BaseHook  # the Task SDK: only where a task runs
-
         conn = BaseHook.get_connection(platform.connections.gitops)
         username, password = conn.login, conn.password
     except Exception:  # no connection configured: anonymous or the worker's git credentials

@@ -77,7 +77,7 @@ ALERTMANAGER_PAGERDUTY_PATH = "/alertmanager/pagerduty"
 
 
 def _certificate_fresh(cert: Path, key: Path) -> bool:
-    from cryptography import x509  # only when the monitoring starts
+    from cryptography import x509  # noqa: PLC0415 cryptography: only when the monitoring starts
 
     try:
         loaded = x509.load_pem_x509_certificate(cert.read_bytes())
@@ -93,10 +93,10 @@ def ensure_certificate(cert: Path, key: Path) -> bool:
     """
     if _certificate_fresh(cert, key):
         return False
-    from cryptography import x509  # only when the monitoring starts
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography import x509  # noqa: PLC0415 cryptography: only when the monitoring starts
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415 cryptography: only when the monitoring starts
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415 cryptography: only when the monitoring starts
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415 cryptography: only when the monitoring starts
 
     private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Visiobook local notification inbox")])
@@ -336,7 +336,7 @@ class InboxServer:
 
     def start(self) -> InboxServer:
         """Bind every listener, then serve: the ready URL answers only once all three listen."""
-        from aiosmtpd.controller import Controller  # the SMTP server: only in the inbox's process
+        from aiosmtpd.controller import Controller  # noqa: PLC0415 the SMTP server: only in the inbox's process
 
         handler = self._handler()
         try:

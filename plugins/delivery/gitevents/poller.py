@@ -47,18 +47,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, BaseSensorOperator, PokeReturnValue, Variable
 
+from delivery.catalog import load_catalog
 from delivery.catalog.models import Catalog, Service
 from delivery.gitevents.routing import ZERO_SHA, GitEvent, normalize_repo_url, route, run_id_for
 from delivery.gitops import GitCommandError, ls_remote
 from delivery.notify.failure import TaskFailureNotifier
 from delivery.paths import git_url
-
-if TYPE_CHECKING:
-    from airflow.sdk import DAG
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +199,6 @@ class VariableStateStore:
         self.key = key
 
     def load(self) -> dict[str, dict[str, str]]:
-        from airflow.sdk import Variable
-
         raw = Variable.get(self.key, default=None)
         if not raw:
             return {}
@@ -208,8 +206,6 @@ class VariableStateStore:
         return dict(data) if isinstance(data, dict) else {}
 
     def save(self, *, repo_key: str, heads: Mapping[str, str]) -> None:
-        from airflow.sdk import Variable
-
         state = self.load()  # re-read: other repositories' pollers write the same Variable
         state[repo_key] = dict(heads)
         Variable.set(self.key, json.dumps(state, sort_keys=True))
@@ -246,8 +242,6 @@ def state_store() -> StateStore:
 
 
 def _services(names: Iterable[str]) -> list[Service]:
-    from delivery.catalog import load_catalog
-
     catalog, _issues = load_catalog(strict=False)
     return [catalog.services[n] for n in names if n in catalog.services]
 
@@ -328,10 +322,6 @@ def _seconds(name: str, default: float) -> float:
 
 
 def build_poller_dag(repo: WatchedRepo) -> DAG:
-    from airflow.providers.standard.operators.python import PythonOperator
-    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-    from airflow.sdk import DAG
-
     with DAG(
         dag_id=repo.dag_id,
         description=f"Polls {repo.repository} for new commits (fallback for webhooks)",

@@ -38,6 +38,8 @@ from typing import Any
 import yaml
 from kubernetes.client import models as k8s
 
+from delivery.catalog import load_catalog
+
 __all__ = [
     "CONFIGMAP_NAME",
     "HARNESS_FILES",
@@ -157,8 +159,6 @@ def harness_env() -> dict[str, str]:
 
 def _default_namespace() -> str | None:
     try:
-        from delivery.catalog import load_catalog
-
         catalog, _ = load_catalog()
     except Exception:  # the catalog is optional here: kubectl -n then decides
         return None

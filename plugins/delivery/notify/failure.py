@@ -38,6 +38,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
+from airflow.sdk.log import redact as mask
 
 from delivery.notify.dedup import SentMarks
 from delivery.notify.messages import RunInfo
@@ -102,9 +103,7 @@ def error_text(exception: Any) -> str:
         return UNKNOWN_ERROR
     text = str(exception) or type(exception).__name__
     try:
-        from airflow.sdk.log import redact as mask  # Airflow's secrets masker (connection passwords...)
-
-        text = str(mask(text))
+        text = str(mask(text))  # Airflow's secrets masker (connection passwords...)
     except Exception:  # no masker in this process: the patterns below still apply
         log.debug("secrets masker unavailable", exc_info=True)
     return _SLACK_SECRETS.sub("[redacted]", _URL_CREDENTIALS.sub("[redacted]", text))

@@ -46,6 +46,7 @@ from delivery.notify.routing import (
     dedup_key,
     route,
 )
+from delivery.runtime import catalog as active_catalog
 
 if TYPE_CHECKING:
     from delivery.catalog.models import Catalog, Service
@@ -183,13 +184,13 @@ def event_dedup_key(
 
 
 def _transient(exc: BaseException) -> bool:
-    from delivery.notify.providers import SendFailed  # provider clients: kept out of DAG parsing
+    from delivery.notify.providers import SendFailed  # noqa: PLC0415 Slack/PagerDuty clients: only to send
 
     return isinstance(exc, SendFailed) and exc.transient
 
 
 def _error_text(exc: BaseException) -> str:
-    from delivery.notify.providers import SendFailed  # provider clients: kept out of DAG parsing
+    from delivery.notify.providers import SendFailed  # noqa: PLC0415 Slack/PagerDuty clients: only to send
 
     text = str(exc) if isinstance(exc, SendFailed) else f"{type(exc).__name__}: {exc}"
     return redact(text)[:500]
@@ -263,7 +264,7 @@ def _prepare(
     mark_key: str | None,
 ) -> Delivery | Provider:
     """The provider to send with, or the delivery's final state (no provider, not configured, sent)."""
-    from delivery.notify.providers import NotConfigured  # provider clients: kept out of DAG parsing
+    from delivery.notify.providers import NotConfigured  # noqa: PLC0415 Slack/PagerDuty clients: only to send
 
     provider = providers.get(destination.kind)
     if provider is None:
@@ -298,7 +299,7 @@ def send_message(
     and mark the ones that accept it now.
     """
     if providers is None:
-        from delivery.notify.providers import PROVIDERS  # provider clients: kept out of DAG parsing
+        from delivery.notify.providers import PROVIDERS  # noqa: PLC0415 Slack/PagerDuty clients: only to send
 
         providers = PROVIDERS
     budget = policy.deadline_s if deadline_s is None else min(deadline_s, policy.deadline_s)
@@ -395,9 +396,7 @@ def _prepare_event(
     failed_task: bool,
 ) -> _Prepared:
     if catalog is None:
-        from delivery.runtime import catalog as load  # the bottom floor, only where it runs
-
-        catalog = load()
+        catalog = active_catalog()
     svc = catalog.service(service_name) if service_name else None
     name = svc.name if svc is not None else (subject or "delivery")
     run = RunInfo.from_context(context, default_dag_id=svc.dag_id if svc is not None else name)

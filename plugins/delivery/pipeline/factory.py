@@ -250,7 +250,7 @@ class DagFactory:
         )
 
     def _quality_gate(self, step: Step, service: Service) -> BaseOperator:
-        from delivery.integrations.sonarqube import SonarQualityGateOperator  # aiohttp: quality gates only
+        from delivery.integrations.sonarqube import SonarQualityGateOperator  # noqa: PLC0415 aiohttp: quality gates only
 
         assert service.sonar_project_key is not None
         return SonarQualityGateOperator(
@@ -327,7 +327,7 @@ class DagFactory:
         )
 
     def _gpu_health(self, step: Step, service: Service) -> BaseOperator:
-        from delivery.gpu.health import GpuServiceHealthOperator  # the GPU harness: GPU services only
+        from delivery.gpu.health import GpuServiceHealthOperator  # noqa: PLC0415 the GPU harness: GPU services only
 
         assert service.gpu is not None
         return GpuServiceHealthOperator(
@@ -381,7 +381,7 @@ class DagFactory:
                 poke_interval=5,
                 pre_execute=own_release,
             )
-        from delivery.verification.operator import VerifyReleaseOperator  # aiohttp: PromQL checks only
+        from delivery.verification.operator import VerifyReleaseOperator  # noqa: PLC0415 aiohttp: PromQL checks only
 
         return VerifyReleaseOperator(
             task_id=step.name,

@@ -30,8 +30,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.utils.session import create_session
+from sqlalchemy import select
+
 from delivery.catalog.fields import parse_duration
 from delivery.gitops import Release, ReleaseAction, VerificationStatus
+from delivery.runtime import catalog as active_catalog
+from delivery.runtime import gitops_repo
 
 if TYPE_CHECKING:
     from delivery.catalog.models import Catalog
@@ -231,8 +236,6 @@ def load_releases(
     *, catalog: Catalog, services: Sequence[str], max_count: int = 1000
 ) -> dict[str, list[Release]]:
     """Production release history of each service, from the GitOps repository."""
-    from delivery.runtime import gitops_repo
-
     repo = gitops_repo()
     return {
         name: repo.history(
@@ -247,9 +250,7 @@ def load_releases(
 
 def load_runs(*, catalog: Catalog, services: Sequence[str], since: datetime) -> dict[str, list[RunRecord]]:
     """DagRuns of the services' delivery DAGs since ``since``, from Airflow's metadata DB (ORM)."""
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from airflow.models.dagrun import DagRun  # noqa: PLC0415 Airflow's ORM: only when the report reads runs
 
     dag_to_service = {catalog.service(name).dag_id: name for name in services}
     result: dict[str, list[RunRecord]] = {name: [] for name in services}
@@ -294,9 +295,7 @@ def load_report(
 ) -> DoraReport:
     """Read the records (GitOps + DagRuns) and compute the report. A missing DB is not fatal."""
     if catalog is None:
-        from delivery.runtime import catalog as load
-
-        catalog = load()
+        catalog = active_catalog()
     services = [service] if service else sorted(catalog.services)
     for name in services:
         catalog.service(name)  # a clear error for an unknown service

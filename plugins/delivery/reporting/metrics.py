@@ -55,6 +55,8 @@ from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+import requests
+
 from delivery.catalog.fields import parse_duration
 
 log = logging.getLogger(__name__)
@@ -307,12 +309,12 @@ class _Collector:
         self.samples = list(samples)
 
     def collect(self) -> Iterable[Any]:
-        from prometheus_client.core import (  # heavy import, kept out of DAG parsing
+        from prometheus_client.core import (  # noqa: PLC0415 prometheus_client: only when pushing
             CounterMetricFamily,
             GaugeMetricFamily,
             HistogramMetricFamily,
         )
-        from prometheus_client.utils import floatToGoString
+        from prometheus_client.utils import floatToGoString  # noqa: PLC0415 prometheus_client: only when pushing
 
         families = {
             "counter": CounterMetricFamily,
@@ -355,8 +357,8 @@ class Pushgateway:
 
     def push(self, run: Run, samples: Iterable[Sample]) -> None:
         """``pushadd_to_gateway``: replaces the pushed metrics of the run's group, keeps the others."""
-        from prometheus_client import CollectorRegistry  # heavy import, kept out of DAG parsing
-        from prometheus_client.exposition import pushadd_to_gateway
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415 prometheus_client: only when pushing
+        from prometheus_client.exposition import pushadd_to_gateway  # noqa: PLC0415 prometheus_client: only when pushing
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(samples))
@@ -368,7 +370,7 @@ class Pushgateway:
         self, *, service: str, approval_timeout: timedelta | None, now: float | None = None
     ) -> list[dict[str, str]]:
         """Delete the service's run groups that outlived the retention, or a stopped run's pending approval."""
-        from prometheus_client.exposition import delete_from_gateway  # heavy import, kept out of DAG parsing
+        from prometheus_client.exposition import delete_from_gateway  # noqa: PLC0415 prometheus_client: only when expiring
 
         now = time.time() if now is None else now
         expired = []
@@ -393,8 +395,6 @@ class Pushgateway:
         The Pushgateway's JSON API (``GET /api/v1/metrics``) is the only way to list its groups;
         ``prometheus_client`` only pushes and deletes.
         """
-        import requests  # only needed where a run starts
-
         answer = requests.get(f"{self.url}/api/v1/metrics", timeout=PUSH_TIMEOUT_S)
         answer.raise_for_status()
         for group in answer.json().get("data") or []:

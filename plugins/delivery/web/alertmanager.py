@@ -48,9 +48,13 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow.exceptions import DagNotFound
+from airflow.models.connection import Connection
+from airflow.utils.session import create_session
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from delivery.web import runs
@@ -103,8 +107,6 @@ def _conn_id() -> str:
 
 
 def _read_token() -> str | None:
-    from airflow.models.connection import Connection  # Airflow's ORM: kept out of parse time
-
     conn_id = _conn_id()
     try:
         conn = Connection.get_connection_from_secrets(conn_id)
@@ -201,9 +203,7 @@ def triage(body: WebhookBody, *, services: set[str]) -> tuple[list[tuple[Alert, 
 
 
 def _active_run(dag_id: str) -> str | None:
-    from airflow.models.dagrun import DagRun  # Airflow's ORM: kept out of parse time
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from airflow.models.dagrun import DagRun  # noqa: PLC0415 Airflow's ORM: api-server only (the plugin loads everywhere)
 
     with create_session() as session:
         return session.scalar(
@@ -225,8 +225,6 @@ def rollback_conf(alert: Alert, fingerprint: str) -> dict[str, Any]:
 
 def _start_one(alert: Alert, service: Any) -> tuple[dict[str, Any] | None, str | None]:
     """(the run started, None) or (None, why no run was started) for one accepted alert."""
-    from airflow.exceptions import DagNotFound  # with the ORM, see above
-
     fp = fingerprint_of(alert)
     dag_id = service.rollback_dag_id
     run_id = rollback_run_id(service=service.name, fingerprint=fp, starts_at=alert.startsAt)

@@ -24,7 +24,7 @@ async def require_user(request: Request) -> Any:
     if not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Not authenticated", headers=unauthorized)
     try:
-        from airflow.api_fastapi.app import get_auth_manager  # the api-server's, once it runs
+        from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415 the api-server's, once it runs
 
         return await get_auth_manager().get_user_from_token(token)
     except Exception as exc:  # expired, revoked, bad signature, no auth manager

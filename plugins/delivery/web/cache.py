@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cachetools import TLRUCache
 
+from delivery.catalog import load_catalog
+
 if TYPE_CHECKING:
     from delivery.catalog import Catalog
 
@@ -97,8 +99,6 @@ class TtlValue(Generic[V]):
 
 
 def _load_catalog() -> Catalog | None:
-    from delivery.catalog import load_catalog
-
     try:
         catalog, issues = load_catalog(strict=False)
     except Exception:

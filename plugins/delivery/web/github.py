@@ -75,6 +75,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow.exceptions import AirflowNotFoundException
+from airflow.models.connection import Connection
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
@@ -141,9 +143,7 @@ def secret_id() -> str:
 
 def _load_secret() -> bytes | None:
     """The connection's password, else the Variable of the same name; ``None`` when neither exists."""
-    from airflow.exceptions import AirflowNotFoundException  # Airflow's ORM: kept out of parse time
-    from airflow.models.connection import Connection
-    from airflow.models.variable import Variable
+    from airflow.models.variable import Variable  # noqa: PLC0415 Airflow's ORM: api-server only (the plugin loads everywhere)
 
     name = secret_id()
     value: str | None = None

@@ -42,7 +42,25 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
+from airflow import settings
+from airflow.exceptions import DagNotFound
+from airflow.utils.session import create_session
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    inspect,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from delivery.web.runs import create_run, with_lock_retries
 
@@ -80,10 +98,6 @@ class Accepted:
 @functools.cache
 def ensure_table() -> None:
     """``CREATE TABLE delivery_webhook_inbox`` when missing (once per process)."""
-    from airflow import settings  # the metadata DB engine: only in the api-server
-    from sqlalchemy import inspect
-    from sqlalchemy.exc import DatabaseError
-
     engine = settings.engine
     if engine is None:
         raise RuntimeError("Airflow's metadata database is not configured in this process")
@@ -101,9 +115,7 @@ def _accept_one(session: Any, *, dag_id: str, run_id: str, conf: dict[str, Any],
     run is committed, so a record inserted after another copy's record was created and
     deleted sees that run, and is rolled back.
     """
-    from airflow.exceptions import DagNotFound  # the ORM: only in the api-server
-    from airflow.models import DagModel, DagRun
-    from sqlalchemy import insert, select
+    from airflow.models import DagModel, DagRun  # noqa: PLC0415 Airflow's ORM: api-server only (the plugin loads everywhere)
 
     run = select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
     if session.scalar(run):  # a redelivery: read only
@@ -120,8 +132,6 @@ def _accept_one(session: Any, *, dag_id: str, run_id: str, conf: dict[str, Any],
 
 def accept(*, targets: list[tuple[str, dict[str, Any]]], run_id: str, user: str) -> list[Accepted]:
     """Record the runs ``[(dag_id, conf)]`` of one delivery, each in its own committed transaction."""
-    from airflow.utils.session import create_session  # the ORM: only in the api-server
-    from sqlalchemy.exc import IntegrityError
 
     def record(dag_id: str, conf: dict[str, Any]) -> str:
         with create_session() as session:
@@ -147,16 +157,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def _execute(statement: Any) -> None:
-    from airflow.utils.session import create_session  # the ORM: only in the api-server
-
     with create_session() as session:
         session.execute(statement)
 
 
 def _create_recorded(row: Any) -> None:
     """Create the run of one record and delete the record; on failure count the attempt."""
-    from sqlalchemy import delete, update  # with the ORM, see above
-
     key = (TABLE.c.dag_id == row.dag_id) & (TABLE.c.run_id == row.run_id)
     try:
         created = create_run(
@@ -174,9 +180,6 @@ def _create_recorded(row: Any) -> None:
 
 def deliver(keys: list[tuple[str, str]]) -> None:
     """Create the recorded runs ``[(dag_id, run_id)]`` (those still recorded)."""
-    from airflow.utils.session import create_session  # the ORM: only in the api-server
-    from sqlalchemy import or_, select
-
     if not keys:
         return
     wanted = or_(*((TABLE.c.dag_id == dag_id) & (TABLE.c.run_id == run_id) for dag_id, run_id in keys))
@@ -188,9 +191,6 @@ def deliver(keys: list[tuple[str, str]]) -> None:
 
 def sweep(*, older_than: float = SWEEP_AFTER, now: float | None = None) -> int:
     """Create the runs of records older than ``older_than`` seconds; drop hopeless ones. How many were tried."""
-    from airflow.utils.session import create_session  # the ORM: only in the api-server
-    from sqlalchemy import delete, select
-
     ensure_table()
     moment = time.time() if now is None else now
     with create_session() as session:

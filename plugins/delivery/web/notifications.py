@@ -21,6 +21,7 @@ import html
 import logging
 from typing import Annotated, Any
 
+from airflow.models.connection import Connection
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -49,8 +50,6 @@ def inbox_store() -> InboxStore | None:
 
 def destinations() -> dict[str, dict[str, str]]:
     """Each notification connection of the pipelines, and whether it is configured."""
-    from airflow.models.connection import Connection  # Airflow's ORM: only when the page is asked for
-
     catalog = CATALOG.get()
     if catalog is None:
         return {}

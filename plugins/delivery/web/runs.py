@@ -24,6 +24,14 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from airflow._shared.timezones import timezone
+from airflow.exceptions import DagNotFound, DagRunAlreadyExists
+from airflow.utils.session import create_session
+from airflow.utils.state import DagRunState
+from airflow.utils.types import DagRunTriggeredByType, DagRunType
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
 log = logging.getLogger(__name__)
 
 LOCK_RETRIES = 8
@@ -33,15 +41,13 @@ T = TypeVar("T")
 
 @functools.cache
 def _dag_bag() -> Any:
-    from airflow.api_fastapi.common.dagbag import create_dag_bag  # Airflow's api-server modules: heavy
+    from airflow.api_fastapi.common.dagbag import create_dag_bag  # noqa: PLC0415 the api-server's modules: heavy
 
     return create_dag_bag()
 
 
 def run_exists(*, dag_id: str, run_id: str) -> bool:
-    from airflow.models import DagRun  # the ORM stays out of the plugin's import (parse time)
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from airflow.models import DagRun  # noqa: PLC0415 Airflow's ORM: api-server only (the plugin loads everywhere)
 
     with create_session() as session:
         return (
@@ -51,14 +57,8 @@ def run_exists(*, dag_id: str, run_id: str) -> bool:
 
 
 def _create(*, dag_id: str, run_id: str, conf: dict[str, Any], user: str, note: str | None) -> None:
-    from airflow._shared.timezones import timezone  # the ORM stays out of the plugin's import (parse time)
-    from airflow.exceptions import DagNotFound
-    from airflow.models import DagModel
-    from airflow.models.dag_version import DagVersion
-    from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState
-    from airflow.utils.types import DagRunTriggeredByType, DagRunType
-    from sqlalchemy import select
+    from airflow.models import DagModel  # noqa: PLC0415 Airflow's ORM: api-server only (the plugin loads everywhere)
+    from airflow.models.dag_version import DagVersion  # noqa: PLC0415 Airflow's ORM: api-server only (the plugin loads everywhere)
 
     with create_session() as session:
         model = session.scalar(select(DagModel).where(DagModel.dag_id == dag_id, ~DagModel.is_stale).limit(1))
@@ -87,8 +87,6 @@ def _create(*, dag_id: str, run_id: str, conf: dict[str, Any], user: str, note: 
 
 def with_lock_retries(call: Callable[[], T]) -> T:
     """``call()``, called again while SQLite answers "database is locked" (any other error is raised)."""
-    from sqlalchemy.exc import OperationalError  # with the ORM, see above
-
     for attempt in range(LOCK_RETRIES):
         try:
             return call()
@@ -105,9 +103,6 @@ def create_run(*, dag_id: str, run_id: str, conf: dict[str, Any], user: str, not
     Raises ``DagNotFound`` when the DAG is not deployed. SQLite's "database is locked"
     is retried; any other database error is raised.
     """
-    from airflow.exceptions import DagRunAlreadyExists
-    from sqlalchemy.exc import IntegrityError  # with the ORM, see above
-
     if with_lock_retries(lambda: run_exists(dag_id=dag_id, run_id=run_id)):
         return False
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -67,7 +68,7 @@ def summarize_latencies(samples_ms: Sequence[float]) -> dict[str, float]:
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
-    import torch
+    import torch  # noqa: PLC0415 torch: the harness is also imported without it (delivery.gpu.health)
 
     if isinstance(value, torch.Tensor):
         return value.to(device)
@@ -110,8 +111,6 @@ def resolve_input_fn(*, model: Any, model_spec: str, input_spec: str | None) -> 
 
 
 def rss_peak_mb() -> float:
-    import resource
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / MIB if sys.platform == "darwin" else peak / 1024

@@ -249,7 +249,7 @@ def _import_torch(state: _Run) -> ModuleType | None:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*NumPy.*")
-            import torch
+            import torch  # noqa: PLC0415 optional: a missing or broken torch is reported in the result
     except Exception as exc:
         state.error("torch", f"cannot import torch: {exc}")
         return None

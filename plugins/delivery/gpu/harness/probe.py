@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 def import_nvml() -> tuple[ModuleType | None, str | None]:
     """``(pynvml, None)`` once initialised, or ``(None, reason)``."""
     try:
-        import pynvml
+        import pynvml  # noqa: PLC0415 optional (nvidia-ml-py): its absence is reported
     except ImportError:
         return None, "pynvml (nvidia-ml-py) is not installed"
     try:

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubernetes.client import Configuration
+from airflow.providers.cncf.kubernetes.secret import Secret
+from kubernetes.client import ApiClient, Configuration
 from kubernetes.client import models as k8s
 
 from delivery.catalog.models import Platform, Service
 from delivery.catalog.toolchains import ResolvedStage
+from delivery.gpu.configmap import harness_env, harness_volume
 from delivery.image_tags import image_tags
 from delivery.pipeline.contract import COMMIT_SHA, RUN_KEY, stage_env
+from delivery.profiles.kubernetes.stage_pod import StagePodOperator
 
 # Every generated Kubernetes model copies the default client Configuration when built without
 # one (and that copy resets loggers): at thousands of objects per DAG file that dominated parse
@@ -139,26 +142,18 @@ def gpu_scheduling(service: Service, platform: Platform) -> dict[str, Any]:
     }
 
 
-def pod_operator_kwargs(*, service: Service, platform: Platform, stage: ResolvedStage) -> dict[str, Any]:
-    """Everything a ``KubernetesPodOperator`` needs for one stage (tested offline)."""
+def _credential_volumes(
+    stage: ResolvedStage, platform: Platform
+) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount], list[k8s.V1VolumeMount]]:
+    """The secret volumes: ``(volumes, checkout mounts, stage mounts)``.
+
+    The git credentials are for the checkout init container only; the registry
+    credentials for the image build (kaniko's ``/kaniko/.docker``).
+    """
     kube = platform.kubernetes
-    workspace_mount = _m(
-        k8s.V1VolumeMount, name="workspace", mount_path=WORKSPACE_MOUNT, sub_path_expr="$(DELIVERY_RUN_KEY)"
-    )
-    env = stage_env(
-        service=service, platform=platform, stage=stage, workspace=WORKSPACE_DIR, registry=platform.registry
-    )
-    env["DELIVERY_RUN_KEY"] = f"{service.name}/{RUN_KEY}"
-    volumes = [
-        _m(
-            k8s.V1Volume,
-            name="workspace",
-            persistent_volume_claim=_m(
-                k8s.V1PersistentVolumeClaimVolumeSource, claim_name=kube.workspace_pvc
-            ),
-        )
-    ]
-    checkout_mounts = [workspace_mount]
+    volumes: list[k8s.V1Volume] = []
+    checkout_mounts: list[k8s.V1VolumeMount] = []
+    stage_mounts: list[k8s.V1VolumeMount] = []
     if kube.git_credentials_secret:
         volumes.append(
             _m(
@@ -170,7 +165,6 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
         checkout_mounts.append(
             _m(k8s.V1VolumeMount, name="git-credentials", mount_path="/etc/git-credentials", read_only=True)
         )
-    volume_mounts = [workspace_mount]
     if stage.stage.value == "image_build" and kube.registry_credentials_secret:
         volumes.append(
             _m(
@@ -183,30 +177,94 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
                 ),
             )
         )
-        volume_mounts.append(
+        stage_mounts.append(
             _m(k8s.V1VolumeMount, name="registry-credentials", mount_path="/kaniko/.docker", read_only=True)
         )
+    return volumes, checkout_mounts, stage_mounts
+
+
+def _gpu_volumes(
+    stage: ResolvedStage, service: Service
+) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount], dict[str, str]]:
+    """What a GPU stage adds: ``(volumes, mounts, env)``, the harness and a memory-backed ``/dev/shm``."""
+    volumes: list[k8s.V1Volume] = []
+    mounts: list[k8s.V1VolumeMount] = []
+    env: dict[str, str] = {}
+    if stage.stage.value == "gpu_benchmark":
+        # The service image does not contain the harness: it comes from the delivery-gpu-harness
+        # ConfigMap (`python -m delivery.gpu.configmap | kubectl apply -f -`).
+        harness_vol, harness_mount = harness_volume()
+        volumes.append(harness_vol)
+        mounts.append(harness_mount)
+        env.update(harness_env())
+    if stage.gpu:
+        shm = service.gpu.shm_size if service.gpu else "1Gi"
+        volumes.append(
+            _m(
+                k8s.V1Volume,
+                name="dshm",
+                empty_dir=_m(k8s.V1EmptyDirVolumeSource, medium="Memory", size_limit=shm),
+            )
+        )
+        mounts.append(_m(k8s.V1VolumeMount, name="dshm", mount_path="/dev/shm"))
+    return volumes, mounts, env
+
+
+def _init_containers(
+    *,
+    service: Service,
+    platform: Platform,
+    stage: ResolvedStage,
+    workspace_mount: k8s.V1VolumeMount,
+    checkout_mounts: list[k8s.V1VolumeMount],
+) -> list[k8s.V1Container]:
+    """The checkout of the run's commit into the workspace, then the stage's sidecars."""
     checkout_env = [
         _m(k8s.V1EnvVar, name="DELIVERY_SHA", value=COMMIT_SHA),
         _m(k8s.V1EnvVar, name="DELIVERY_REPO_URL", value=service.repo.url),
         _m(k8s.V1EnvVar, name="DELIVERY_RUN_KEY", value=f"{service.name}/{RUN_KEY}"),
     ]
-    init_containers = [
-        _m(
-            k8s.V1Container,
-            name="checkout",
-            image=kube.tools.git,
-            command=["/bin/sh", "-c", CHECKOUT_SCRIPT],
-            env=checkout_env,
-            volume_mounts=checkout_mounts,
-            resources=_m(
-                k8s.V1ResourceRequirements,
-                requests={"cpu": "100m", "memory": "128Mi"},
-                limits={"memory": "512Mi"},
-            ),
+    checkout = _m(
+        k8s.V1Container,
+        name="checkout",
+        image=platform.kubernetes.tools.git,
+        command=["/bin/sh", "-c", CHECKOUT_SCRIPT],
+        env=checkout_env,
+        volume_mounts=[workspace_mount, *checkout_mounts],
+        resources=_m(
+            k8s.V1ResourceRequirements,
+            requests={"cpu": "100m", "memory": "128Mi"},
+            limits={"memory": "512Mi"},
         ),
-        *_sidecars(stage, workspace_mount),
-    ]
+    )
+    return [checkout, *_sidecars(stage, workspace_mount)]
+
+
+def pod_operator_kwargs(*, service: Service, platform: Platform, stage: ResolvedStage) -> dict[str, Any]:
+    """Everything a ``KubernetesPodOperator`` needs for one stage (tested offline)."""
+    kube = platform.kubernetes
+    workspace = _m(
+        k8s.V1Volume,
+        name="workspace",
+        persistent_volume_claim=_m(k8s.V1PersistentVolumeClaimVolumeSource, claim_name=kube.workspace_pvc),
+    )
+    workspace_mount = _m(
+        k8s.V1VolumeMount, name="workspace", mount_path=WORKSPACE_MOUNT, sub_path_expr="$(DELIVERY_RUN_KEY)"
+    )
+    secret_volumes, checkout_mounts, secret_mounts = _credential_volumes(stage, platform)
+    gpu_volumes, gpu_mounts, gpu_env = _gpu_volumes(stage, service)
+    env = stage_env(
+        service=service, platform=platform, stage=stage, workspace=WORKSPACE_DIR, registry=platform.registry
+    )
+    env["DELIVERY_RUN_KEY"] = f"{service.name}/{RUN_KEY}"
+    env.update(gpu_env)
+    init_containers = _init_containers(
+        service=service,
+        platform=platform,
+        stage=stage,
+        workspace_mount=workspace_mount,
+        checkout_mounts=checkout_mounts,
+    )
     kwargs: dict[str, Any] = {
         "namespace": kube.namespace,
         "name": f"{service.name}-{stage.name.replace('_', '-')}",
@@ -218,8 +276,8 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
         "labels": pod_labels(service, stage.name),
         "annotations": {f"{LABEL_PREFIX}/run-id": "{{ run_id }}", f"{LABEL_PREFIX}/dag-id": service.dag_id},
         "container_resources": _resources(stage, service, platform),
-        "volumes": volumes,
-        "volume_mounts": volume_mounts,
+        "volumes": [workspace, *secret_volumes, *gpu_volumes],
+        "volume_mounts": [workspace_mount, *secret_mounts, *gpu_mounts],
         "init_containers": init_containers,
         "service_account_name": kube.service_account,
         "automount_service_account_token": False,
@@ -237,32 +295,12 @@ def pod_operator_kwargs(*, service: Service, platform: Platform, stage: Resolved
         "do_xcom_push": stage.stage.value == "gpu_benchmark",
         "container_security_context": _m(k8s.V1SecurityContext, allow_privilege_escalation=False),
     }
-    if stage.stage.value == "gpu_benchmark":
-        # The service image does not contain the harness: it comes from the delivery-gpu-harness
-        # ConfigMap (`python -m delivery.gpu.configmap | kubectl apply -f -`).
-        from delivery.gpu.configmap import harness_env, harness_volume
-
-        harness_vol, harness_mount = harness_volume()
-        kwargs["volumes"].append(harness_vol)
-        kwargs["volume_mounts"].append(harness_mount)
-        kwargs["env_vars"].update(harness_env())
     if stage.gpu:
         kwargs.update(gpu_scheduling(service, platform))
-        shm = service.gpu.shm_size if service.gpu else "1Gi"
-        kwargs["volumes"].append(
-            _m(
-                k8s.V1Volume,
-                name="dshm",
-                empty_dir=_m(k8s.V1EmptyDirVolumeSource, medium="Memory", size_limit=shm),
-            )
-        )
-        kwargs["volume_mounts"].append(_m(k8s.V1VolumeMount, name="dshm", mount_path="/dev/shm"))
     return kwargs
 
 
 def _secrets(stage: ResolvedStage) -> list[Any]:
-    from airflow.providers.cncf.kubernetes.secret import Secret
-
     secrets = []
     for var, ref in sorted(stage.secret_env.items()):
         name, _, key = ref.partition("/")
@@ -274,8 +312,6 @@ def pod_operator(
     *, service: Service, platform: Platform, stage: ResolvedStage, **operator_kwargs: Any
 ) -> Any:
     """The ``KubernetesPodOperator`` of one stage."""
-    from delivery.profiles.kubernetes.stage_pod import StagePodOperator
-
     return StagePodOperator(
         **pod_operator_kwargs(service=service, platform=platform, stage=stage),
         avoid_previous_nodes=stage.gpu,  # a retry reschedules on a different GPU node (seed flow 4)
@@ -303,8 +339,6 @@ def render_pod(
     run_id: str = "manual__render",
 ) -> dict[str, Any]:
     """The pod of a stage as the API server would receive it, built offline (no cluster)."""
-    from kubernetes.client import ApiClient
-
     branch = ref.removeprefix("refs/heads/")
     source = {
         "sha": sha,

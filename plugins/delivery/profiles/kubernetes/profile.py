@@ -22,14 +22,12 @@ class KubernetesProfile:
     def stage_task(
         self, *, service: Service, platform: Platform, stage: ResolvedStage, **operator_kwargs: Any
     ) -> Any:
-        from delivery.profiles.kubernetes.pods import pod_operator  # kubernetes client: this profile only
+        from delivery.profiles.kubernetes.pods import pod_operator  # noqa: PLC0415 kubernetes client: this profile only
 
         return pod_operator(service=service, platform=platform, stage=stage, **operator_kwargs)
 
     def sync_task(self, sync: Sync) -> Any:
-        from delivery.integrations.argocd.operator import (
-            ArgoCDSyncOperator,  # Argo CD client: this profile only
-        )
+        from delivery.integrations.argocd.operator import ArgoCDSyncOperator  # noqa: PLC0415 Argo CD client: this profile only
 
         if sync.environment is None:  # the rollback DAG: the environment is chosen when it runs
             plan = "ti.xcom_pull(task_ids='" + str(sync.plan_task) + "')"

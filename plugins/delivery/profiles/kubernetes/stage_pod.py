@@ -21,8 +21,10 @@ import copy
 import json
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.cncf.kubernetes.backcompat.backwards_compat_converters import convert_affinity
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
+from kubernetes.client.exceptions import ApiException
 
 from delivery.pipeline.contract import TEMPLATE_FILTERS, untrusted
 
@@ -143,8 +145,6 @@ def avoid_nodes(affinity: k8s.V1Affinity | dict[str, Any] | None, nodes: list[st
 
 def _describe(exc: BaseException) -> str:
     """One line for an API error (status, reason, the ``v1 Status`` message), else the exception."""
-    from kubernetes.client.exceptions import ApiException
-
     if isinstance(exc, ApiException):
         message = ""
         with contextlib.suppress(ValueError, AttributeError):
@@ -158,6 +158,4 @@ def _as_affinity(affinity: k8s.V1Affinity | dict[str, Any] | None) -> k8s.V1Affi
         return k8s.V1Affinity()
     if isinstance(affinity, k8s.V1Affinity):
         return copy.deepcopy(affinity)
-    from airflow.providers.cncf.kubernetes.backcompat.backwards_compat_converters import convert_affinity
-
     return convert_affinity(copy.deepcopy(affinity))

@@ -12,6 +12,9 @@ The container gets ``HOST=127.0.0.1``, ``PORT``, ``APP_ENVIRONMENT`` and
 ``APP_COMMIT`` (the image's ``org.opencontainers.image.revision`` label), plus
 ``env``; labels ``io.visiobook.*`` record service, environment, image, revision
 and port, so :func:`current_release` can answer from the engine alone.
+
+This module imports the docker SDK: :mod:`delivery.profiles.local.steps` imports it
+only when a step runs, never while a DAG file is parsed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import docker
 import requests
 
 from delivery.profiles.local.images import REVISION_LABEL
@@ -30,7 +34,6 @@ from delivery.profiles.local.images import REVISION_LABEL
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    import docker
 
 log = logging.getLogger(__name__)
 
@@ -80,31 +83,25 @@ def container_name(service: str, environment: str) -> str:
 def _client(client: docker.DockerClient | None) -> docker.DockerClient:
     if client is not None:
         return client
-    import docker as docker_sdk
-
-    return docker_sdk.from_env(timeout=120)
+    return docker.from_env(timeout=120)
 
 
 def _get_container(client: docker.DockerClient, name: str) -> Any:
-    import docker as docker_sdk
-
     try:
         return client.containers.get(name)
-    except docker_sdk.errors.NotFound:
+    except docker.errors.NotFound:
         return None
 
 
 def _ensure_image(client: docker.DockerClient, image: str) -> Any:
-    import docker as docker_sdk
-
     try:
         return client.images.get(image)
-    except docker_sdk.errors.ImageNotFound:
+    except docker.errors.ImageNotFound:
         pass
     log.info("pulling %s", image)
     try:
         return client.images.pull(image)
-    except docker_sdk.errors.APIError as err:
+    except docker.errors.APIError as err:
         raise ReleaseError(f"image {image} is not local and could not be pulled: {err}") from err
 
 
@@ -167,8 +164,6 @@ def _start(
     environment: Mapping[str, str],
     user: str | None,
 ) -> Any:
-    import docker as docker_sdk  # the docker SDK: run time only
-
     try:
         return client.containers.run(
             image,
@@ -179,7 +174,7 @@ def _start(
             labels=dict(labels),
             user=user,
         )
-    except docker_sdk.errors.APIError as err:
+    except docker.errors.APIError as err:
         raise ReleaseError(f"could not start {name} from {image}: {err}") from err
 
 

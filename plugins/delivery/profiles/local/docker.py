@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.sdk.exceptions import AirflowSkipException
 from docker.types import DeviceRequest, Mount
 
 from delivery.catalog.fields import quantity_to_bytes
+from delivery.paths import git_url
+from delivery.pipeline.contract import stage_env
 from delivery.profiles.local.shell import SKIP_EXIT_CODE, gpu_policy, has_gpu
 from delivery.profiles.local.workspaces import prepare_run_workspace, service_workspaces
 
@@ -56,8 +59,6 @@ class StageDockerOperator(DockerOperator):
         self.gpu_policy = gpu_policy  # None (no GPU needed), "skip", "fail" or "cpu"
 
     def execute(self, context: Context) -> Any:
-        from airflow.sdk.exceptions import AirflowSkipException
-
         if self.gpu_policy is not None:
             present, detail = has_gpu()
             if not present:
@@ -83,9 +84,6 @@ class StageDockerOperator(DockerOperator):
 def docker_stage_operator(
     *, service: Service, platform: Platform, stage: ResolvedStage, **operator_kwargs: Any
 ) -> StageDockerOperator:
-    from delivery.paths import git_url
-    from delivery.pipeline.contract import stage_env
-
     env = stage_env(
         service=service,
         platform=platform,

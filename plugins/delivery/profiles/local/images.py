@@ -16,6 +16,9 @@ from the registry is pushed without a rebuild.
 
 Registry calls and pushes are retried with bounded exponential backoff; the
 final error names the registry and the image.
+
+This module imports the docker SDK: :mod:`delivery.profiles.local.steps` imports it
+only when a step runs, never while a DAG file is parsed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import docker
 import requests
 
 from delivery.gitops.errors import GitCommandError
@@ -37,7 +41,6 @@ from delivery.image_tags import SEMVER_RE, image_tags
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
-    import docker
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +265,7 @@ class RegistryClient:
 
 
 def _docker_client() -> docker.DockerClient:
-    import docker as docker_sdk
-
-    return docker_sdk.from_env(timeout=900)
+    return docker.from_env(timeout=900)
 
 
 def _source_url(context_dir: Path) -> str:
@@ -396,11 +397,9 @@ def push_tag(
 
 
 def _local_image(client: docker.DockerClient, reference: str) -> Any:
-    import docker as docker_sdk
-
     try:
         return client.images.get(reference)
-    except docker_sdk.errors.ImageNotFound:
+    except docker.errors.ImageNotFound:
         return None
 
 

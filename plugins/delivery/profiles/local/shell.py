@@ -94,9 +94,9 @@ class StageSpec:
 
 def from_catalog(service_name: str, stage_name: str) -> StageSpec:
     """The stage resolved from the catalog on disk (when no resolved stage was passed)."""
-    from delivery.catalog.models import Stage  # pydantic: only without a resolved stage
-    from delivery.catalog.toolchains import resolve_stages  # the catalog: only without a resolved stage
-    from delivery.runtime import catalog  # Airflow's Task SDK: only without a resolved stage
+    from delivery.catalog.models import Stage  # noqa: PLC0415 pydantic: only without a resolved stage
+    from delivery.catalog.toolchains import resolve_stages  # noqa: PLC0415 pydantic: only without a resolved stage
+    from delivery.runtime import catalog  # noqa: PLC0415 Airflow's Task SDK: only without a resolved stage
 
     cat = catalog()
     service = cat.service(service_name)
@@ -116,7 +116,10 @@ def has_gpu() -> tuple[bool, str]:
 @contextlib.contextmanager
 def test_database() -> Iterator[str]:
     """A throwaway PostgreSQL cluster from the host's binaries; yields its URL."""
-    from delivery.devenv.postgres import PostgresCluster, PostgresError  # only stages with a test-db
+    from delivery.devenv.postgres import (  # noqa: PLC0415 test-db stages only: the stage process stays minimal
+        PostgresCluster,
+        PostgresError,
+    )
 
     folder = Path(tempfile.mkdtemp(prefix="delivery-testdb-"))
     try:

@@ -92,7 +92,7 @@ def local_stage_operator(
             **operator_kwargs,
         )
     if platform.local.runner == "docker":
-        from delivery.profiles.local.docker import docker_stage_operator
+        from delivery.profiles.local.docker import docker_stage_operator  # noqa: PLC0415 the docker SDK: docker runner only
 
         return docker_stage_operator(service=service, platform=platform, stage=stage, **operator_kwargs)
     # The runner (delivery.profiles.local.shell) sets DELIVERY_WORKSPACE and HOME to the run's checkout.

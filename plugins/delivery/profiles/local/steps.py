@@ -34,7 +34,7 @@ def _local_workspace(svc: Service, context: dict[str, Any]) -> Path:
 
 def local_image_build(*, service_name: str, **context: Any) -> dict[str, Any]:
     """Build the commit's image with the docker SDK; a commit already in the registry is not rebuilt."""
-    from delivery.profiles.local.images import (
+    from delivery.profiles.local.images import (  # noqa: PLC0415 the docker SDK: run time only
         REVISION_LABEL,
         RegistryClient,
         _build,
@@ -83,17 +83,18 @@ def local_image_scan(*, service_name: str, **context: Any) -> dict[str, Any]:
     reachable on a single offline machine, so this profile checks what can be
     checked from the image itself.
     """
-    from delivery.profiles.local.images import REVISION_LABEL, _docker_client
+    from delivery.profiles.local.images import (  # noqa: PLC0415 the docker SDK: run time only
+        REVISION_LABEL,
+        _docker_client,
+        _local_image,
+    )
 
     svc = service(service_name)
     src = checked_out(context)
     reference = f"{catalog().platform.local.registry}/{svc.image.repository}:{src['sha']}"
     client = _docker_client()
-    import docker as docker_sdk
-
-    try:
-        image = client.images.get(reference)
-    except docker_sdk.errors.ImageNotFound:
+    image = _local_image(client, reference)
+    if image is None:
         image = client.images.pull(reference)
     config = image.attrs.get("Config") or {}
     problems = []
@@ -116,7 +117,7 @@ def local_image_scan(*, service_name: str, **context: Any) -> dict[str, Any]:
 
 def local_image_push(*, service_name: str, **context: Any) -> dict[str, Any]:
     """Push with tags (sha, branch, semver); an already-pushed commit is a no-op."""
-    from delivery.profiles.local.images import build_and_push
+    from delivery.profiles.local.images import build_and_push  # noqa: PLC0415 the docker SDK: run time only
 
     svc = service(service_name)
     src = checked_out(context)
@@ -147,7 +148,7 @@ def local_sync(
 
     ``environment`` None: the rollback DAG's, read from its plan (``plan_task``).
     """
-    from delivery.profiles.local.containers import (  # docker SDK: run time only
+    from delivery.profiles.local.containers import (  # noqa: PLC0415 the docker SDK: run time only
         ReleaseHealthError,
         run_release,
     )

@@ -63,7 +63,8 @@ def test_happy_path_commit_to_production(stack) -> None:  # type: ignore[no-unty
 
     # The approval names its approvers; someone else is refused.
     detail = stack.airflow.hitl(stack.dag_id, run_id, APPROVAL)
-    assert [u["id"] for u in detail["assigned_users"]] == ["alice", "bob"]
+    # The service's approvers, and its break-glass approver (who may only answer "Break glass").
+    assert [u["id"] for u in detail["assigned_users"]] == ["alice", "bob", "oncall"]
     with pytest.raises(AirflowError, match="403"):
         stack.airflow.respond(stack.dag_id, run_id, APPROVAL, option="Approve", user="mallory")
     assert stack.airflow.hitl(stack.dag_id, run_id, APPROVAL)["response_received"] is False

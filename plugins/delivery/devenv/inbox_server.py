@@ -359,7 +359,9 @@ class InboxServer:
             raise
         self._smtp = smtp
         for server in self._servers:
-            threading.Thread(target=server.serve_forever, name="inbox-http", daemon=True).start()
+            threading.Thread(  # a short poll: stop() returns within 50 ms
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="inbox-http", daemon=True
+            ).start()
         return self
 
     @property

@@ -1,4 +1,4 @@
-"""Fault injection on the real local stack: fast humans, concurrent runs, crashes, annotated tags, the AI service.
+"""Fault injection on the real local stack: fast humans, concurrent runs, crashes, annotated tags.
 
 Real Airflow (api-server, scheduler, dag-processor, triggerer on PostgreSQL), Docker engine,
 registry and git. Each test asserts what a user would see: run states, what production serves,
@@ -201,32 +201,3 @@ def test_an_annotated_tag_deploys_the_tagged_commit(faults: LocalStack) -> None:
         "tags"
     ]
     assert {sha, "5.0.0", "5.0"} <= set(tags)
-
-
-@pytest.fixture(scope="module")
-def ai(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with local_stack(tmp_path_factory, demo="visiobook-inference") as built:
-        yield built
-
-
-def test_the_ai_service_goes_to_production_on_the_cpu_path(ai: LocalStack) -> None:
-    sha = ai.commit("model 1.1", {"VERSION": "1.1.0\n"})
-    run_id = ai.to_approval(sha)
-    states = ai.airflow.task_states(ai.dag_id, run_id)
-    for task in (
-        "gpu_tests.inference",
-        "gpu_tests.benchmark",
-        "gpu_tests.budget_gate",
-        "deploy_staging.gpu_health",
-    ):
-        assert states[task] == "success", (task, states)
-    gate = ai.airflow.api(
-        "GET",
-        f"/dags/{ai.dag_id}/dagRuns/{run_id}/taskInstances/gpu_tests.budget_gate/xcomEntries/return_value",
-    )["value"]
-    assert gate["device"] == "cpu", gate  # visibly the CPU path: no GPU on this machine
-    ai.airflow.respond(ai.dag_id, run_id, APPROVAL, option="Approve", user="erin")
-    assert ai.airflow.wait_run(ai.dag_id, run_id, timeout=500) == "success", ai.airflow.task_states(
-        ai.dag_id, run_id
-    )
-    assert ai.serving("production")["commit"] == sha

@@ -6,6 +6,7 @@ share one implementation. Script output goes to this module's logger.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
@@ -63,11 +64,19 @@ def ensure_local_platform(
     base_images: bool = True,
     env: Mapping[str, str] | None = None,
 ) -> None:
-    """Make sure a Docker engine, a registry and (optionally) the base images exist."""
+    """Make sure a Docker engine, a registry and (optionally) the base images exist.
+
+    Callers that start together (parallel test workers, two shells) take turns on a lock file in
+    the state folder: the first starts what is missing, the others find it running.
+    """
     extra = dict(env or {})
     if registry_port is not None:
         extra["REGISTRY_PORT"] = str(registry_port)
-    run_platform_script("docker-engine.sh", "start", env=extra)
-    run_platform_script("registry.sh", "start", env=extra)
-    if base_images:
-        run_platform_script("base-images.sh", "all", env=extra)
+    state = Path({**os.environ, **extra}.get("DELIVERY_STATE_DIR") or REPO_ROOT / ".local")
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "platform.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        run_platform_script("docker-engine.sh", "start", env=extra)
+        run_platform_script("registry.sh", "start", env=extra)
+        if base_images:
+            run_platform_script("base-images.sh", "all", env=extra)

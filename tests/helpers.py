@@ -1,10 +1,15 @@
-"""Helpers shared by the tests: the project root, free ports, git with a fixed identity, stopping a process."""
+"""Helpers shared by the tests: the project root, free ports, git with a fixed identity, stopping a
+process, the local monitoring of a test stack."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from delivery.devenv.monitoring import MonitoringStack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +53,27 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 15) -> No
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+def monitoring_stack(root: Path, catalog_dir: Path, airflow_port: int) -> MonitoringStack:
+    """The local monitoring of a test stack (Prometheus, Alertmanager, Pushgateway, inbox, traffic)
+    on free ports, not started yet."""
+    from delivery.devenv.monitoring import MonitoringStack  # the monitoring's modules: e2e tests only
+    from delivery.devenv.monitoring_config import AlertSinks, Ports
+
+    monitoring = MonitoringStack(
+        state=root / "state",
+        catalog_dir=catalog_dir,
+        airflow_url=f"http://127.0.0.1:{airflow_port}",
+        ports=Ports(
+            prometheus=free_port(),
+            alertmanager=free_port(),
+            pushgateway=free_port(),
+            inbox=free_port(),
+            inbox_tls=free_port(),
+            inbox_smtp=free_port(),
+        ),
+        sinks=AlertSinks(),
+        traffic_rps=4,
+    )
+    return monitoring

@@ -30,10 +30,9 @@ import yaml
 from delivery.devenv.airflow_server import AirflowServer
 from delivery.devenv.demo import assemble_service
 from delivery.devenv.monitoring import MonitoringStack, airflow_env
-from delivery.devenv.monitoring_config import AlertSinks, Ports
 from delivery.paths import PROJECT_ROOT
 from tests.e2e.nodes import node_hostnames
-from tests.helpers import free_port, git
+from tests.helpers import free_port, git, monitoring_stack
 
 DEMO = "visiobook-demo-web"
 APPROVAL = "approval.approve_production"
@@ -141,7 +140,8 @@ def local_stack(
 
     slack = SlackStandIn().start()
     airflow_port = free_port()
-    monitoring = _monitoring(root, catalog_dir, airflow_port)
+    monitoring = monitoring_stack(root, catalog_dir, airflow_port)
+    monitoring.start()
     env = {
         **airflow_env(root / "state", catalog_dir),
         # The notification path posts through the Slack Web API (a bot token) to routed channels:
@@ -185,27 +185,6 @@ def local_stack(
         slack.stop()
         containers = [f"visiobook-{name}-{where}" for name in names for where in ("staging", "production")]
         subprocess.run(["docker", "rm", "-f", *containers], capture_output=True, check=False)
-
-
-def _monitoring(root: Path, catalog_dir: Path, airflow_port: int) -> MonitoringStack:
-    """The local monitoring of a test stack, started, on free ports."""
-    monitoring = MonitoringStack(
-        state=root / "state",
-        catalog_dir=catalog_dir,
-        airflow_url=f"http://127.0.0.1:{airflow_port}",
-        ports=Ports(
-            prometheus=free_port(),
-            alertmanager=free_port(),
-            pushgateway=free_port(),
-            inbox=free_port(),
-            inbox_tls=free_port(),
-            inbox_smtp=free_port(),
-        ),
-        sinks=AlertSinks(),
-        traffic_rps=4,
-    )
-    monitoring.start()
-    return monitoring
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,13 @@ from delivery.catalog import load_catalog
 from delivery.devenv.airflow_server import AirflowError, AirflowServer
 from delivery.devenv.demo import assemble_service
 from delivery.devenv.monitoring import MonitoringStack, airflow_env
-from delivery.devenv.monitoring_config import AlertSinks, Ports
+from delivery.devenv.monitoring_config import AlertSinks
 from delivery.gitops import GitOpsRepo, ReleaseMetadata
 from delivery.notification_inbox import EntryStatus, InboxEntry, InboxStore, Source
 from delivery.pipeline import task_ids as ids
 from delivery.pipeline.factory import DagFactory
 from delivery.verification.analysis import VerificationFailed
-from tests.helpers import ROOT, free_port, git
+from tests.helpers import ROOT, free_port, git, monitoring_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -179,21 +179,7 @@ def env(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     pool = ThreadPoolExecutor(max_workers=1)
     images = pool.submit(_images, root, service)  # built while the servers start
     airflow_port = free_port()
-    stack = MonitoringStack(
-        state=root / "state",
-        catalog_dir=catalog,
-        airflow_url=f"http://127.0.0.1:{airflow_port}",
-        ports=Ports(
-            prometheus=free_port(),
-            alertmanager=free_port(),
-            pushgateway=free_port(),
-            inbox=free_port(),
-            inbox_tls=free_port(),
-            inbox_smtp=free_port(),
-        ),
-        sinks=AlertSinks(),
-        traffic_rps=4,
-    )
+    stack = monitoring_stack(root, catalog, airflow_port)
     airflow: AirflowServer | None = None
     try:
         stack.start()

@@ -1,6 +1,6 @@
 """A tiny Prometheus text-format (0.0.4) metrics registry, stdlib only.
 
-Counters and histograms with labels, thread-safe, enough for a demo service
+Counters, gauges and histograms with labels, thread-safe, enough for a demo service
 that must run on a base image without pip.
 """
 
@@ -51,12 +51,23 @@ class _Metric:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
 
-class Counter(_Metric):
-    kind = "counter"
+class _Sampled(_Metric):
+    """A metric with one sample per label set (counters and gauges)."""
 
     def __init__(self, name: str, help_text: str, labelnames: tuple[str, ...] = ()) -> None:
         super().__init__(name, help_text, labelnames)
         self._values: dict[tuple[str, ...], float] = {}
+
+    def render(self) -> list[str]:
+        lines = self.header()
+        with self._lock:
+            for key, val in sorted(self._values.items()):
+                lines.append(f"{self.name}{_labels(self.labelnames, key)} {_fmt(val)}")
+        return lines
+
+
+class Counter(_Sampled):
+    kind = "counter"
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         if amount < 0:
@@ -69,32 +80,14 @@ class Counter(_Metric):
         with self._lock:
             return self._values.get(self._key(labels), 0.0)
 
-    def render(self) -> list[str]:
-        lines = self.header()
-        with self._lock:
-            for key, val in sorted(self._values.items()):
-                lines.append(f"{self.name}{_labels(self.labelnames, key)} {_fmt(val)}")
-        return lines
 
-
-class Gauge(_Metric):
+class Gauge(_Sampled):
     kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, labelnames: tuple[str, ...] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
 
     def set(self, value: float, **labels: str) -> None:
         key = self._key(labels)
         with self._lock:
             self._values[key] = float(value)
-
-    def render(self) -> list[str]:
-        lines = self.header()
-        with self._lock:
-            for key, val in sorted(self._values.items()):
-                lines.append(f"{self.name}{_labels(self.labelnames, key)} {_fmt(val)}")
-        return lines
 
 
 class Histogram(_Metric):

@@ -200,13 +200,14 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             except Exception:  # noqa: BLE001 - a demo server answers 500 rather than dying
                 LOG.exception("error serving %s", self.path)
                 code, ctype, body = 500, "application/json", b'{"error": "internal"}'
+            # Counted before the answer is sent: a client that has its answer finds it in /metrics.
+            app.observe(target=self.path, code=code, seconds=time.perf_counter() - start)
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if method != "HEAD":
                 self.wfile.write(body)
-            app.observe(target=self.path, code=code, seconds=time.perf_counter() - start)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server naming
             self._serve("GET")

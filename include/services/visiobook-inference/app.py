@@ -245,13 +245,14 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 except Exception:  # noqa: BLE001 - answer 500 rather than die
                     LOG.exception("error serving %s", self.path)
                     code, ctype, payload = 500, "application/json", b'{"error": "internal"}'
+            # Counted before the answer is sent: a client that has its answer finds it in /metrics.
+            app.observe(path=self.path, code=code, seconds=time.perf_counter() - start)
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if method != "HEAD":
                 self.wfile.write(payload)
-            app.observe(path=self.path, code=code, seconds=time.perf_counter() - start)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server naming
             self._serve("GET")

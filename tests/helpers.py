@@ -3,6 +3,7 @@ process, the local monitoring of a test stack."""
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -24,11 +25,23 @@ GIT_IDENTITY = {
 }
 
 
+# Below Linux's ephemeral range (32768-60999 by default): the kernel never gives one of these ports to
+# an outgoing connection, so a port chosen now is still free when a server binds it minutes later,
+# whatever the other test workers connect to in between.
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1, free now and outside the ephemeral range (see ``_PORTS``)."""
+    for _ in range(200):
+        port = random.choice(_PORTS)  # random: parallel workers rarely pick the same one
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:

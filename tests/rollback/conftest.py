@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,7 +33,7 @@ import yaml
 
 from delivery.devenv.airflow_server import AirflowServer
 from delivery.gitops import GitOpsRepo, ReleaseMetadata
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
 REGISTRY = "127.0.0.1:5000"
@@ -60,12 +59,6 @@ _catalog, _ = load_catalog(strict=True)
 _factory = DagFactory(catalog=_catalog)
 globals().update({s.rollback_dag_id: _factory.build_rollback(s) for s in _catalog.services.values()})
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def git(*args: str, cwd: Path | None = None) -> str:

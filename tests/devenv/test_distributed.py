@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,10 @@ def test_distributed_stack_runs_a_dag_on_celery_workers(server: AirflowServer) -
 def test_a_killed_worker_is_restarted_and_the_rest_adopted(server: AirflowServer) -> None:
     before = server.components()
     os.killpg(before["airflow-worker-2"], signal.SIGKILL)
+    # The worker has died (not merely been sent the signal) when someone runs start again.
+    deadline = time.monotonic() + 30
+    while alive(before["airflow-worker-2"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
     server.start(timeout=300)
 

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 from delivery.devenv import processes
+from delivery.devenv.postgres import port_in_use
+from delivery.devenv.topology import Standalone
+from tests.helpers import free_port
 
 # A leader that starts a child in a process group of its own, as Airflow's task supervisor does.
 LEADER_WITH_TASK = """
@@ -102,3 +105,37 @@ def test_a_dead_pid_is_neither_adopted_nor_searched(tmp_path: Path) -> None:
     assert processes.adoptable(tmp_path / "missing.pid") is None
     (tmp_path / "garbage.pid").write_text("not a pid\n")
     assert processes.read_record(tmp_path / "garbage.pid") is None
+
+
+# A leader whose child serves a port, as ``airflow standalone``'s api-server does.
+LEADER_WITH_SERVER = """
+import socket, subprocess, sys, time
+port = int(sys.argv[1])
+server = "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', %d)); s.listen(); time.sleep(120)" % port
+subprocess.Popen([sys.executable, "-c", server])
+time.sleep(120)
+"""
+
+
+def test_a_server_left_by_a_killed_leader_is_stopped_before_its_port_is_judged(tmp_path: Path) -> None:
+    port = free_port()
+    standalone = Standalone(home=tmp_path)
+    proc = processes.spawn(
+        [sys.executable, "-c", LEADER_WITH_SERVER, str(port)],
+        env=os.environ,
+        pid_file=standalone.pid_file,
+        log_file=tmp_path / "leader.log",
+        cwd=tmp_path,
+    )
+    try:
+        _wait_for(lambda: port_in_use(port))
+        os.kill(proc.pid, signal.SIGKILL)  # the leader only: its api-server lives on, holding the port
+        proc.wait(timeout=5)
+        assert port_in_use(port)
+
+        standalone.clear()
+
+        assert not port_in_use(port)
+        assert processes.leftovers(standalone.pid_file) == []
+    finally:
+        processes.stop_sessions([standalone.pid_file], timeout=5)

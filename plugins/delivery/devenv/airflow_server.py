@@ -254,6 +254,10 @@ class AirflowServer:
         env = self.environment()
         topology = self._topology()
         serving = {"airflow-apiserver", "airflow-standalone"} & set(topology.pids())
+        if not serving:
+            # After a crash, an api-server of ours may outlive its leader (or still be dying):
+            # stop it before taking the port for another program's.
+            topology.clear()
         if not serving and port_in_use(self.port):
             raise AirflowError(f"port {self.port} is in use by another program: choose another (--port)")
         try:

@@ -44,6 +44,9 @@ class Topology(Protocol):
 
     def check(self, env: Mapping[str, str]) -> str | None: ...
 
+    def clear(self) -> None:
+        """Stop what dead components left behind; the running ones are left alone."""
+
     def health(self, env: Mapping[str, str]) -> dict[str, str]: ...
 
     def pids(self) -> dict[str, int]: ...
@@ -76,10 +79,14 @@ class Standalone:
         pid = processes.adoptable(self.pid_file)
         return {"airflow-standalone": pid} if pid else {}
 
+    def clear(self) -> None:
+        if not processes.adoptable(self.pid_file):
+            clear_leftovers([self.pid_file])
+
     def start(self, env: Mapping[str, str]) -> list[subprocess.Popen[bytes]]:
         if processes.adoptable(self.pid_file):
             return []
-        clear_leftovers([self.pid_file])
+        self.clear()
         airflow = str(Path(env["PATH"].split(":")[0]) / "airflow")
         return [
             processes.spawn(
@@ -161,9 +168,13 @@ class Distributed:
             cwd=self.home,
         )
 
-    def start(self, env: Mapping[str, str]) -> list[subprocess.Popen[bytes]]:
+    def clear(self) -> None:
         running = self.pids()
         clear_leftovers([self._pid_file(c) for c in COMPONENTS if c.name not in running])
+
+    def start(self, env: Mapping[str, str]) -> list[subprocess.Popen[bytes]]:
+        running = self.pids()
+        self.clear()
         self.redis.start({**env, COMPONENT_VAR: "redis"})
         missing = [c for c in COMPONENTS if c.name not in running]
         if not missing:

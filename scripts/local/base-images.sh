@@ -75,7 +75,7 @@ build_python() {
     log "debootstrap --variant=minbase --include=python3 $SUITE from $mirror (about a minute)"
     debootstrap --variant=minbase --include=python3 "$SUITE" "$rootfs" "$mirror" >"$CACHE_DIR/debootstrap.log" 2>&1 \
       || { tail -n 20 "$CACHE_DIR/debootstrap.log" >&2; die "debootstrap failed; see $CACHE_DIR/debootstrap.log"; }
-    # vfs copies every layer for every container: keep the base small.
+    # vfs (where overlay2 cannot run) copies every layer for every container: keep the base small.
     rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
       "$rootfs"/usr/share/locale/* "$rootfs"/usr/share/lintian "$rootfs"/var/cache/apt/*.bin \
       "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log \

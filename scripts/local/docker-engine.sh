@@ -6,8 +6,11 @@
 # start   Uses an engine that already answers `docker info` (DOCKER_HOST or the
 #         default socket) and starts nothing. Otherwise, on Debian as root, it
 #         installs docker.io when missing and starts dockerd in its own session:
-#           dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs
-#         (no bridge network: containers use network_mode host or none).
+#           dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=DRIVER
+#         (no bridge network: containers use network_mode host or none). DRIVER is
+#         overlay2 when the kernel mounts an overlay on the data root's filesystem,
+#         else vfs (which copies the whole image for every layer and container:
+#         a demo image build takes ~10 s with vfs, ~0.3 s with overlay2).
 #         Logs and pidfile live in $DELIVERY_STATE_DIR/docker (default .local/docker).
 # stop    Stops only an engine this script started (its pidfile), with its
 #         process group (containerd and shims started by it); never another engine.
@@ -16,7 +19,7 @@
 # Environment:
 #   DELIVERY_STATE_DIR       state dir (default: <repo>/.local)
 #   DOCKERD_DATA_ROOT        dockerd --data-root (default: /var/lib/docker)
-#   DOCKERD_STORAGE_DRIVER   storage driver (default: vfs)
+#   DOCKERD_STORAGE_DRIVER   storage driver (default: overlay2 where it works, else vfs)
 #   DOCKERD_EXTRA_ARGS       extra dockerd flags (word-split)
 #   DOCKER_START_TIMEOUT     seconds to wait for readiness (default: 60)
 set -euo pipefail
@@ -29,6 +32,27 @@ LOGFILE="$ENGINE_DIR/dockerd.log"
 TIMEOUT="${DOCKER_START_TIMEOUT:-60}"
 
 engine_up() { docker info >/dev/null 2>&1; }
+
+# storage_driver: $DOCKERD_STORAGE_DRIVER, else overlay2 when an overlay mounts next to the
+# data root (not inside a container without the privilege, not on a filesystem overlay
+# cannot sit on), else vfs.
+storage_driver() {
+  if [ -n "${DOCKERD_STORAGE_DRIVER:-}" ]; then
+    echo "$DOCKERD_STORAGE_DRIVER"
+    return
+  fi
+  local root="${DOCKERD_DATA_ROOT:-/var/lib/docker}" probe driver=vfs
+  mkdir -p "$root"
+  probe="$(mktemp -d "$root/.overlay-probe.XXXXXX")"
+  mkdir "$probe/lower" "$probe/upper" "$probe/work" "$probe/merged"
+  if mount -t overlay overlay \
+    -o "lowerdir=$probe/lower,upperdir=$probe/upper,workdir=$probe/work" "$probe/merged" 2>/dev/null; then
+    umount "$probe/merged"
+    driver=overlay2
+  fi
+  rm -rf "$probe"
+  echo "$driver"
+}
 
 cmd_status() {
   if engine_up; then
@@ -60,7 +84,7 @@ cmd_start() {
     is_root || die "no Docker engine answers 'docker info' and dockerd needs root; start your engine (or run as root)"
     mkdir -p "$ENGINE_DIR"
     local args=(--iptables=false --ip6tables=false --bridge=none
-      "--storage-driver=${DOCKERD_STORAGE_DRIVER:-vfs}"
+      "--storage-driver=$(storage_driver)"
       "--pidfile=$ENGINE_DIR/dockerd.own.pid")
     [ -n "${DOCKERD_DATA_ROOT:-}" ] && args+=("--data-root=$DOCKERD_DATA_ROOT")
     # shellcheck disable=SC2206

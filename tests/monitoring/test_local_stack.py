@@ -202,7 +202,7 @@ def env(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _remove_containers(service: str) -> None:
-    """The test's containers and its images in the local engine (each one a full copy with vfs)."""
+    """The test's containers and its images in the local engine (each one a full copy with the vfs driver)."""
     import docker
 
     from delivery.profiles.local.containers import stop_release

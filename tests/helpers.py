@@ -3,6 +3,7 @@ process, the local monitoring of a test stack."""
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import subprocess
@@ -27,21 +28,35 @@ GIT_IDENTITY = {
 
 # Below Linux's ephemeral range (32768-60999 by default): the kernel never gives one of these ports to
 # an outgoing connection, so a port chosen now is still free when a server binds it minutes later,
-# whatever the other test workers connect to in between.
+# whatever the other test workers connect to in between. Each pytest-xdist worker draws from a slice
+# of its own, and never hands out the same port twice, so two servers of a run never pick one port.
 _PORTS = range(20000, 32768)
+_SLICES = 8
+_handed_out: set[int] = set()
+
+
+def _my_ports() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % _SLICES if worker.isdigit() else 0
+    size = len(_PORTS) // _SLICES
+    return range(_PORTS.start + index * size, _PORTS.start + (index + 1) * size)
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1, free now and outside the ephemeral range (see ``_PORTS``)."""
-    for _ in range(200):
-        port = random.choice(_PORTS)  # random: parallel workers rarely pick the same one
+    """A TCP port on 127.0.0.1, free now, outside the ephemeral range, never returned before."""
+    ports = _my_ports()
+    for _ in range(500):
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError(f"no free port found in {_PORTS.start}-{_PORTS.stop - 1}")
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port found in {ports.start}-{ports.stop - 1}")
 
 
 def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:

@@ -197,7 +197,12 @@ class Distributed:
     def _celery_workers(self, env: Mapping[str, str]) -> dict[str, set[str]]:
         proc = subprocess.run(
             [str(Path(env["PATH"].split(":")[0]) / "airflow"), "celery", "list-workers", "--output", "json"],
-            env={**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR"},
+            # A one-off command: no plugin (and project modules) to load, nothing forks from it.
+            env={
+                **env,
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
+                "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "True",
+            },
             capture_output=True,
             text=True,
             timeout=60,

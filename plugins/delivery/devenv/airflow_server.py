@@ -42,7 +42,7 @@ from delivery.cli import deploy_pools
 from delivery.devenv.monitoring import airflow_env as monitoring_env
 from delivery.devenv.postgres import PostgresCluster, PostgresError, port_in_use
 from delivery.devenv.redis import RedisError
-from delivery.devenv.settings import FAILURE_DETECTION, common_settings
+from delivery.devenv.settings import SHARED_WITH_STANDALONE, common_settings
 from delivery.devenv.topology import Distributed, Standalone, Topology, TopologyError
 from delivery.paths import PROJECT_ROOT
 
@@ -132,10 +132,11 @@ class AirflowServer:
         venv_bin = str(Path(sys.executable).parent)
         roles = ",".join(f"{name}:{ROLES.get(name, 'user')}" for name in self.users)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
-        failure_detection = {key: common_settings()[key] for key in FAILURE_DETECTION}
+        common = common_settings()
+        shared = {key: common[key] for key in SHARED_WITH_STANDALONE}
         env = {
             **inherited,
-            **failure_detection,
+            **shared,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url(),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
             "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -143,9 +144,6 @@ class AirflowServer:
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            # The plugin (and the project's modules) once per component, not once per task:
-            # see plugins/delivery_plugin.py.
-            "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": roles,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),

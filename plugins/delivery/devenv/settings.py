@@ -25,13 +25,18 @@ COMMON_ENV_FILE = PROJECT_ROOT / "images" / "airflow" / "airflow-common.env"
 DEFAULT_QUEUE = "default"
 GPU_QUEUE = "gpu"
 
-# The failure-detection and resilience settings of the env file also apply to `airflow standalone`.
 FAILURE_DETECTION = (
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD",
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
+)
+# The settings of the env file that also apply to `airflow standalone`: failure detection, the
+# Execution API retries, and the plugin loaded once per component.
+SHARED_WITH_STANDALONE = (
+    *FAILURE_DETECTION,
     "AIRFLOW__WORKERS__EXECUTION_API_RETRIES",
     "AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MAX",
+    "AIRFLOW__CORE__LAZY_LOAD_PLUGINS",
 )
 
 

@@ -25,14 +25,16 @@ lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/mypy
 
 # The suite runs its test files on TEST_WORKERS parallel workers (pytest-xdist, one file per
-# worker at a time): most of an end-to-end test's time is spent waiting on Airflow, not on the CPU.
-TEST_WORKERS ?= 3
+# worker at a time), the longest files first (their `duration` mark, tests/conftest.py): most of
+# an end-to-end test's time is spent waiting on Airflow, not on the CPU.
+TEST_WORKERS ?= 4
+XDIST := --dist loadfile --no-loadscope-reorder
 
 test: lint ## lint, then the whole test suite (starts Docker, a registry, Prometheus, Alertmanager, Airflow)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -p no:cacheprovider -n $(TEST_WORKERS) $(XDIST)
 
 test-fast: install ## unit tests only (no real services)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -p no:cacheprovider -m "not e2e" -n 2 --dist loadfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -p no:cacheprovider -m "not e2e" -n 2 $(XDIST)
 
 run: ## set up everything on this machine and start Airflow with the local profile (scripts/run-local.sh)
 	bash scripts/run-local.sh start

@@ -36,6 +36,8 @@ from tests.helpers import free_port, git, monitoring_stack
 
 DEMO = "visiobook-demo-web"
 APPROVAL = "approval.approve_production"
+LEAN_SKIPS = ("dependency_audit", "sast", "helm_validate", "coverage")
+"""Stages a ``lean`` service leaves out. test_local_pipeline runs them all and checks them."""
 
 
 @dataclass
@@ -113,13 +115,17 @@ def local_stack(
     overrides: dict[str, Any] | None = None,
     topology: str = "standalone",
     also: Sequence[str] = (),
+    lean: bool = False,
 ) -> Iterator[LocalStack]:
     """A real Airflow with one service copied from a demo service (catalog ``overrides`` applied),
     and the local monitoring (Prometheus, Alertmanager, Pushgateway, inbox) it verifies against.
 
     ``also`` adds services copied from more demo services to the same Airflow and GitOps repo
     (``LocalStack.others``, in that order); ``topology="distributed"`` runs the Celery
-    deployment, each component named as its own host (:mod:`tests.e2e.nodes`).
+    deployment, each component named as its own host (:mod:`tests.e2e.nodes`). ``lean`` turns
+    off the validate and test stages that its tests never look at (:data:`LEAN_SKIPS`), for
+    modules about the gate, the deploy and faults. ``stages`` in ``overrides`` replaces the
+    demo's stages one by one, the other keys as a whole.
     """
     from tests.standins.slack_server import SlackStandIn
 
@@ -135,7 +141,8 @@ def local_stack(
     platform["platform"]["local"]["workspace_root"] = str(root / "workspaces")
     (catalog_dir / "platform.yaml").write_text(yaml.safe_dump(platform))
     services = [
-        _catalog_service(root, catalog_dir, name, d, overrides) for name, d in zip(names, demos, strict=True)
+        _catalog_service(root, catalog_dir, name, d, overrides, lean=lean)
+        for name, d in zip(names, demos, strict=True)
     ]
 
     slack = SlackStandIn().start()
@@ -194,7 +201,7 @@ def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def _catalog_service(
-    root: Path, catalog_dir: Path, service: str, demo: str, overrides: dict[str, Any] | None
+    root: Path, catalog_dir: Path, service: str, demo: str, overrides: dict[str, Any] | None, *, lean: bool
 ) -> tuple[Path, dict[str, Any]]:
     """The service's repo (the demo service under a test name) and its catalog entry; (work tree, entry)."""
     assemble_service(demo, root / "services-src" / service)
@@ -206,11 +213,20 @@ def _catalog_service(
     data["image"]["repository"] = f"e2e/{service}"
     data["approval_timeout"] = "40s"
     for env in ("staging", "production"):
+        if demo == DEMO:  # a broken release's health gate gives up after 20 s, not 60 s: the demo web
+            data["environments"][env]["health_timeout"] = "20s"  # container is up in a second or two
         data["environments"][env]["local_port"] = free_port()
         data["environments"][env]["url"] = f"http://127.0.0.1:{data['environments'][env]['local_port']}"
         data["environments"][env]["values_path"] = f"apps/{service}/values-{env}.yaml"
         data["environments"][env]["argocd_app"] = f"{service}-{env}"
-    data.update(overrides or {})
+    verify = data["environments"]["production"].get("verify")
+    if verify:  # 3 measurements 10 s apart (the demo: 5): 20 s per verified release instead of 40 s
+        verify["count"] = 3
+    overrides = dict(overrides or {})
+    data["stages"] = {**data.get("stages", {}), **overrides.pop("stages", {})}  # stage by stage
+    if lean:
+        data["stages"] |= {stage: {"enabled": False} for stage in LEAN_SKIPS}
+    data.update(overrides)
     (catalog_dir / "services" / f"{service}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return work, data
 

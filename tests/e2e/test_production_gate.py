@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.conftest import APPROVAL, LocalStack, local_stack
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(450)]
 
 COMMIT = "deploy_production.gitops_commit"
 GATE = "rollback.migration_gate"
@@ -23,7 +23,7 @@ GATE = "rollback.migration_gate"
 @pytest.fixture(scope="module")
 def gate(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     overrides = {"migrations": True, "break_glass_approvers": ["oncall"]}
-    with local_stack(tmp_path_factory, overrides=overrides) as built:
+    with local_stack(tmp_path_factory, overrides=overrides, lean=True) as built:
         yield built
 
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from airflow.triggers.base import TriggerEvent
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(35)]
 
 PROMETHEUS = os.environ.get("PROMETHEUS_BIN", "/usr/bin/prometheus")
 HEALTHY, ERRORS, SLOW = "catalog", "billing", "render"

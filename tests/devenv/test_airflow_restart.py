@@ -21,7 +21,7 @@ from delivery.devenv import processes
 from delivery.devenv.airflow_server import AirflowError, AirflowServer
 from tests.helpers import free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(235)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(330)]
 
 DAGS = Path(__file__).parent / "dags"
 DAG = "devenv_probe"

@@ -19,7 +19,7 @@ from delivery.devenv.processes import alive
 from delivery.devenv.settings import COMPONENTS
 from tests.helpers import free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(130)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(155)]
 
 DAGS = Path(__file__).parent / "dags"
 DAG = "devenv_probe"

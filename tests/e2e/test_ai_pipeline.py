@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.conftest import APPROVAL, LocalStack, local_stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(110)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(130)]
 
 
 @pytest.fixture(scope="module")

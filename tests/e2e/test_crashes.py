@@ -20,7 +20,7 @@ import yaml
 from tests.e2e.conftest import APPROVAL, LocalStack, local_stack
 from tests.helpers import ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(230)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(300)]
 
 
 @pytest.fixture(scope="module")

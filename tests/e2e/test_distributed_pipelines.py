@@ -24,7 +24,7 @@ import sqlalchemy
 from tests.e2e.conftest import APPROVAL, DEMO, LocalStack, local_stack
 from tests.e2e.nodes import kill_node, node_processes, stage_process
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(230)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(320)]
 
 DEFAULT_WORKERS = ("airflow-worker-1", "airflow-worker-2")
 SCHEDULERS = ("airflow-scheduler-1", "airflow-scheduler-2")

@@ -18,14 +18,15 @@ import requests
 from tests.e2e.conftest import APPROVAL, LocalStack, local_stack
 from tests.helpers import git
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(420)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(460)]
 
 PROD_COMMIT = "deploy_production.gitops_commit"
 
 
 @pytest.fixture(scope="module")
 def faults(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with local_stack(tmp_path_factory, lean=True) as built:
+    # The slow release below must fail its verification: the demo's 5 measurements (see local_stack).
+    with local_stack(tmp_path_factory, lean=True, verify_count=None) as built:
         yield built
 
 

@@ -14,7 +14,7 @@ import requests
 
 from delivery.devenv.airflow_server import AirflowError
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(380)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(450)]
 
 APPROVAL = "approval.approve_production"
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.conftest import APPROVAL, LocalStack, local_stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(450)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(530)]
 
 COMMIT = "deploy_production.gitops_commit"
 GATE = "rollback.migration_gate"

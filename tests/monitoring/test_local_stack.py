@@ -48,7 +48,7 @@ from delivery.pipeline.factory import DagFactory
 from delivery.verification.analysis import VerificationFailed
 from tests.helpers import ROOT, free_port, git, monitoring_stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(310)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(325)]
 
 DEMO = "visiobook-demo-web"
 REGISTRY = "127.0.0.1:5000"

@@ -10,7 +10,7 @@ import pytest
 
 from tests.rollback.conftest import Alertmanager, RollbackEnv, fixture_payload
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(50)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(70)]
 
 ALERT_DAG = "rollback_rb_alert"
 

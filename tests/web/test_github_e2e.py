@@ -23,7 +23,7 @@ from delivery.devenv.airflow_server import AirflowServer
 from tests.helpers import free_port
 from tests.web.support import SECRET, commit, encode, headers, make_catalog, make_repo, payload
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(65)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(95)]
 
 WEB = "deliver_visiobook_demo_web"
 INFERENCE = "deliver_visiobook_inference"

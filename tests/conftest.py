@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,36 @@ os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFLOW_HOME}/airflow.db")
 os.environ.setdefault("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(_AIRFLOW_HOME / "logs"))
 os.environ.setdefault("DELIVERY_CATALOG_STRICT", "1")
+SHARED_DIR_ENV = "DELIVERY_E2E_SHARED_DIR"
+"""Where the end-to-end stack shared by several modules lives (tests/e2e/conftest.py)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One shared folder per test run: made by the process that runs the session, handed to
+    each xdist worker in its ``workerinput``."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        os.environ[SHARED_DIR_ENV] = workerinput[SHARED_DIR_ENV]
+    elif SHARED_DIR_ENV not in os.environ:
+        os.environ[SHARED_DIR_ENV] = tempfile.mkdtemp(prefix="delivery-e2e-shared-")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, in the controller: give a worker the run's shared folder."""
+    node.workerinput[SHARED_DIR_ENV] = os.environ[SHARED_DIR_ENV]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the shared end-to-end stack once every test is done: in the controller under xdist."""
+    if hasattr(session.config, "workerinput"):  # an xdist worker: others may still use the stack
+        return
+    shared = Path(os.environ[SHARED_DIR_ENV])
+    if (shared / "stack.json").is_file():
+        from tests.e2e.conftest import stop_shared_stack
+
+        stop_shared_stack()
+    shutil.rmtree(shared, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -83,24 +83,20 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 15) -> No
         process.wait(timeout=5)
 
 
-def monitoring_stack(root: Path, catalog_dir: Path, airflow_port: int) -> MonitoringStack:
+def monitoring_stack(
+    root: Path, catalog_dir: Path, airflow_port: int, ports: dict[str, int] | None = None
+) -> MonitoringStack:
     """The local monitoring of a test stack (Prometheus, Alertmanager, Pushgateway, inbox, traffic)
-    on free ports, not started yet."""
+    on free ports (or ``ports``: a running one's, to stop it), not started yet."""
     from delivery.devenv.monitoring import MonitoringStack  # the monitoring's modules: e2e tests only
     from delivery.devenv.monitoring_config import AlertSinks, Ports
 
+    names = ("prometheus", "alertmanager", "pushgateway", "inbox", "inbox_tls", "inbox_smtp")
     monitoring = MonitoringStack(
         state=root / "state",
         catalog_dir=catalog_dir,
         airflow_url=f"http://127.0.0.1:{airflow_port}",
-        ports=Ports(
-            prometheus=free_port(),
-            alertmanager=free_port(),
-            pushgateway=free_port(),
-            inbox=free_port(),
-            inbox_tls=free_port(),
-            inbox_smtp=free_port(),
-        ),
+        ports=Ports(**(ports or {name: free_port() for name in names})),
         sinks=AlertSinks(),
         traffic_rps=4,
     )

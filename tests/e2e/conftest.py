@@ -1,21 +1,28 @@
 """The local platform for end-to-end tests: a real Docker engine, registry, git repos and Airflow.
 
-One Airflow per test module (``airflow standalone``, or the distributed topology of
-``docker-compose.yaml``); the catalog is a copy of ``include/catalog-local``
-whose services point at bare repos made in a temporary folder, so the tests
-never touch a developer's ``.local``. As with ``scripts/run-local.sh start``, the
-local monitoring (``delivery.devenv.monitoring``: Prometheus, Alertmanager, the
-Pushgateway, demo traffic) starts first, on free ports, and Airflow gets its
-connections: production verification is the catalog's PromQL analysis, and
-Alertmanager's rollback webhook reaches this Airflow.
+One Airflow stack for the whole test run, shared by the modules that leave it as it is
+(:func:`shared_stacks`: a service of its own per module, so their runs never meet), and one of
+its own for each module that kills, restarts or reconfigures it (:func:`local_stack`:
+``airflow standalone``, or the distributed topology of ``docker-compose.yaml``). The catalog is
+a copy of ``include/catalog-local`` whose services point at bare repos made in a temporary
+folder, so the tests never touch a developer's ``.local``. As with ``scripts/run-local.sh
+start``, the local monitoring (``delivery.devenv.monitoring``: Prometheus, Alertmanager, the
+Pushgateway, demo traffic) starts first, on free ports, and Airflow gets its connections:
+production verification is the catalog's PromQL analysis, and Alertmanager's rollback webhook
+reaches this Airflow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -107,6 +114,101 @@ class LocalStack:
         )
 
 
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of a test stack: a copy of ``demo`` with its catalog entry adjusted (see local_stack)."""
+
+    demo: str = DEMO
+    overrides: dict[str, Any] | None = None
+    lean: bool = False
+    verify_count: int | None = 3
+
+
+@dataclass
+class _Running:
+    """What ``_start`` started: enough to make the tests' view of it and to stop it."""
+
+    root: Path
+    airflow: AirflowServer
+    monitoring: MonitoringStack
+    gitops: Path
+    services: list[tuple[str, Path, dict[str, Any]]]  # (name, work tree, catalog entry)
+
+    def stop(self) -> None:
+        self.airflow.destroy()
+        self.monitoring.stop()
+        containers = [
+            f"visiobook-{s[0]}-{where}" for s in self.services for where in ("staging", "production")
+        ]
+        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True, check=False)
+
+
+def _start(root: Path, specs: Sequence[ServiceSpec], *, slack_url: str, topology: str) -> _Running:
+    """Repos, catalog, monitoring and Airflow for ``specs``; each service's DAG parsed and unpaused."""
+    # A name of its own per session: containers, registry repos and DAGs never meet another run's.
+    names = [f"e2e-{uuid.uuid4().hex[:6]}-{spec.demo.rsplit('-', 1)[-1]}" for spec in specs]
+    gitops = _gitops_repo(root, [(name, spec.demo) for name, spec in zip(names, specs, strict=True)])
+    catalog_dir = root / "catalog"
+    (catalog_dir / "services").mkdir(parents=True)
+    platform = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/platform.yaml").read_text())
+    platform["platform"]["gitops"]["repo_url"] = str(gitops)
+    platform["platform"]["local"]["workspace_root"] = str(root / "workspaces")
+    (catalog_dir / "platform.yaml").write_text(yaml.safe_dump(platform))
+    services = []
+    for name, spec in zip(names, specs, strict=True):
+        work, data = _catalog_service(root, catalog_dir, name, spec)
+        services.append((name, work, data))
+    airflow_port = free_port()
+    monitoring = monitoring_stack(root, catalog_dir, airflow_port)
+    airflow = AirflowServer(
+        home=root / "airflow", port=airflow_port, catalog_dir=catalog_dir, topology=topology
+    )
+    running = _Running(root, airflow, monitoring, gitops, services)
+    try:
+        monitoring.start()
+        airflow.extra_env.update(
+            {
+                **airflow_env(root / "state", catalog_dir),  # the running monitoring's connections
+                # The notification path posts through the Slack Web API (a bot token) to routed
+                # channels: here to the stand-in the tests read, instead of the local inbox.
+                "AIRFLOW_CONN_SLACK_API": json.dumps(
+                    {"conn_type": "slack", "password": "xoxb-e2e", "extra": {"base_url": f"{slack_url}/api/"}}
+                ),
+                "DELIVERY_CATALOG_STRICT": "1",
+                **(node_hostnames(root / "airflow") if topology == "distributed" else {}),
+            }
+        )
+        airflow.start(timeout=300 if topology == "distributed" else 240)
+        for name in names:
+            dag_id = "deliver_" + name.replace("-", "_")
+            airflow.wait_dag(dag_id)
+            airflow.unpause(dag_id)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def _views(running: _Running, slack: Any, *, per_service_slack: bool = False) -> list[LocalStack]:
+    """The tests' view of each service of a running stack."""
+    stacks = []
+    for index, (name, work, data) in enumerate(running.services):
+        stacks.append(
+            LocalStack(
+                airflow=running.airflow,
+                service=name,
+                dag_id="deliver_" + name.replace("-", "_"),
+                work=work,
+                gitops=running.gitops,
+                catalog=data,
+                slack=_ServiceSlack(slack, name) if per_service_slack else slack,
+                flaky_marker=running.root / ("flaky-armed" if not index else f"flaky-armed-{name}"),
+                monitoring=running.monitoring,
+            )
+        )
+    return stacks
+
+
 @contextlib.contextmanager
 def local_stack(
     tmp_path_factory: pytest.TempPathFactory,
@@ -118,8 +220,10 @@ def local_stack(
     lean: bool = False,
     verify_count: int | None = 3,
 ) -> Iterator[LocalStack]:
-    """A real Airflow with one service copied from a demo service (catalog ``overrides`` applied),
-    and the local monitoring (Prometheus, Alertmanager, Pushgateway, inbox) it verifies against.
+    """A real Airflow of its own with one service copied from a demo service (catalog ``overrides``
+    applied), and the local monitoring (Prometheus, Alertmanager, Pushgateway, inbox) it verifies
+    against. For modules that kill, restart or reconfigure their stack; the others share one
+    (:func:`shared_stacks`).
 
     ``also`` adds services copied from more demo services to the same Airflow and GitOps repo
     (``LocalStack.others``, in that order); ``topology="distributed"`` runs the Celery
@@ -135,88 +239,149 @@ def local_stack(
     """
     from tests.standins.slack_server import SlackStandIn
 
-    root = tmp_path_factory.mktemp("stack")
-    # A name of its own per session: containers, registry repos and DAGs never meet another run's.
-    demos = [demo, *also]
-    names = [f"e2e-{uuid.uuid4().hex[:6]}-{d.rsplit('-', 1)[-1]}" for d in demos]
-    gitops = _gitops_repo(root, list(zip(names, demos, strict=True)))
-    catalog_dir = root / "catalog"
-    (catalog_dir / "services").mkdir(parents=True)
-    platform = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/platform.yaml").read_text())
-    platform["platform"]["gitops"]["repo_url"] = str(gitops)
-    platform["platform"]["local"]["workspace_root"] = str(root / "workspaces")
-    (catalog_dir / "platform.yaml").write_text(yaml.safe_dump(platform))
-    services = [
-        _catalog_service(root, catalog_dir, name, d, overrides, lean=lean, verify_count=verify_count)
-        for name, d in zip(names, demos, strict=True)
-    ]
-
+    specs = [ServiceSpec(d, overrides, lean, verify_count) for d in (demo, *also)]
     slack = SlackStandIn().start()
-    airflow_port = free_port()
-    monitoring = monitoring_stack(root, catalog_dir, airflow_port)
-    monitoring.start()
-    env = {
-        **airflow_env(root / "state", catalog_dir),
-        # The notification path posts through the Slack Web API (a bot token) to routed channels:
-        # here to the stand-in the tests read, instead of the local inbox.
-        "AIRFLOW_CONN_SLACK_API": json.dumps(
-            {"conn_type": "slack", "password": "xoxb-e2e", "extra": {"base_url": f"{slack.url}/api/"}}
-        ),
-        "DELIVERY_CATALOG_STRICT": "1",
-    }
-    if topology == "distributed":
-        env |= node_hostnames(root / "airflow")
-    airflow = AirflowServer(
-        home=root / "airflow", port=airflow_port, catalog_dir=catalog_dir, env=env, topology=topology
-    )
     try:
-        airflow.start(timeout=300 if topology == "distributed" else 240)
-        stacks: list[LocalStack] = []
-        for name, (work, data) in zip(names, services, strict=True):
-            dag_id = "deliver_" + name.replace("-", "_")
-            airflow.wait_dag(dag_id)
-            airflow.unpause(dag_id)
-            marker = root / ("flaky-armed" if not stacks else f"flaky-armed-{name}")
-            stacks.append(
-                LocalStack(
-                    airflow=airflow,
-                    service=name,
-                    dag_id=dag_id,
-                    work=work,
-                    gitops=gitops,
-                    catalog=data,
-                    slack=slack,
-                    flaky_marker=marker,
-                    monitoring=monitoring,
-                )
-            )
-        stacks[0].others = stacks[1:]
-        yield stacks[0]
+        running = _start(tmp_path_factory.mktemp("stack"), specs, slack_url=slack.url, topology=topology)
+        try:
+            stacks = _views(running, slack)
+            stacks[0].others = stacks[1:]
+            yield stacks[0]
+        finally:
+            running.stop()
     finally:
-        airflow.destroy()
-        monitoring.stop()
         slack.stop()
-        containers = [f"visiobook-{name}-{where}" for name in names for where in ("staging", "production")]
-        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True, check=False)
+
+
+# -- one stack shared by the modules that leave it as it is --------------------------------------
+
+SHARED_SERVICES: dict[str, ServiceSpec] = {
+    "pipeline": ServiceSpec(),  # test_local_pipeline: every stage, checked
+    "gate": ServiceSpec(overrides={"migrations": True, "break_glass_approvers": ["oncall"]}, lean=True),
+    # The slow release of test_faults must fail its verification: the demo's 5 measurements.
+    "faults": ServiceSpec(lean=True, verify_count=None),
+    "ai": ServiceSpec(demo="visiobook-inference"),
+}
+"""The shared stack's services, one per module that uses it: their runs never meet."""
+
+SHARED_DIR_ENV = "DELIVERY_E2E_SHARED_DIR"
+"""Set by tests/conftest.py for the whole test run (the xdist workers inherit it)."""
+
+
+class _ServiceSlack:
+    """The Slack messages about one service (their title names it), from a stand-in shared by several."""
+
+    def __init__(self, slack: Any, service: str) -> None:
+        self._slack, self._service = slack, service
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [m for m in self._slack.messages() if self._service in str(m.get("text") or "")]
+
+    def delivered(self) -> list[dict[str, Any]]:
+        return [m for m in self._slack.delivered() if self._service in str(m.get("text") or "")]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def shared_stacks(local_platform: None) -> dict[str, LocalStack]:
+    """One Airflow stack for the whole test run, with a service per module in SHARED_SERVICES.
+
+    The first worker that needs it starts it (the others wait on a lock, then attach to it);
+    it outlives the workers, and the test run's end stops it (``stop_shared_stack``, from
+    tests/conftest.py), whichever worker started it.
+    """
+    from tests.standins.slack_server import RemoteSlack
+
+    shared = Path(os.environ[SHARED_DIR_ENV])
+    info_file = shared / "stack.json"
+    with _locked(shared / "stack.lock"):
+        if not info_file.exists():
+            info_file.write_text(json.dumps(_start_shared(shared / "stack")))
+    info = json.loads(info_file.read_text())
+    if "error" in info:
+        pytest.fail(f"the shared end-to-end stack could not start:\n{info['error']}")
+    root = Path(info["root"])
+    airflow = AirflowServer(home=root / "airflow", port=info["airflow_port"], catalog_dir=root / "catalog")
+    monitoring = monitoring_stack(root, root / "catalog", info["airflow_port"], info["monitoring_ports"])
+    services = [(s["name"], Path(s["work"]), s["catalog"]) for s in info["services"]]
+    running = _Running(root, airflow, monitoring, Path(info["gitops"]), services)
+    views = _views(running, RemoteSlack(info["slack_url"]), per_service_slack=True)
+    return dict(zip(SHARED_SERVICES, views, strict=True))
+
+
+def _start_shared(root: Path) -> dict[str, Any]:
+    """Start the shared stack: what attaching to it and stopping it need, or ``{"error": ...}``."""
+    root.mkdir(parents=True)
+    url_file = root / "slack.url"
+    slack = subprocess.Popen(  # its own process: the worker that starts it may finish first
+        [sys.executable, "-m", "tests.standins.slack_server", str(url_file)],
+        cwd=PROJECT_ROOT,
+        start_new_session=True,
+    )
+    info: dict[str, Any] = {"root": str(root), "slack_pid": slack.pid}
+    (root / "slack.pid").write_text(str(slack.pid))
+    try:
+        deadline = time.monotonic() + 30
+        while not url_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        info["slack_url"] = url_file.read_text()
+        running = _start(
+            root, list(SHARED_SERVICES.values()), slack_url=info["slack_url"], topology="standalone"
+        )
+    except Exception:
+        import traceback
+
+        slack.terminate()
+        return {**info, "error": traceback.format_exc()}
+    return {
+        **info,
+        "airflow_port": running.airflow.port,
+        "monitoring_ports": dataclasses.asdict(running.monitoring.ports),
+        "gitops": str(running.gitops),
+        "services": [{"name": n, "work": str(w), "catalog": d} for n, w, d in running.services],
+    }
+
+
+def stop_shared_stack() -> None:
+    """Stop the shared stack if this test run started it (the run's end: tests/conftest.py)."""
+    shared = Path(os.environ.get(SHARED_DIR_ENV) or "/nonexistent")
+    info_file = shared / "stack.json"
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        with contextlib.suppress(ProcessLookupError, KeyError):
+            os.kill(int(info["slack_pid"]), signal.SIGTERM)
+        if "error" not in info:
+            root = Path(info["root"])
+            airflow = AirflowServer(
+                home=root / "airflow", port=info["airflow_port"], catalog_dir=root / "catalog"
+            )
+            monitoring = monitoring_stack(
+                root, root / "catalog", info["airflow_port"], info["monitoring_ports"]
+            )
+            services = [(s["name"], Path(s["work"]), s["catalog"]) for s in info["services"]]
+            _Running(root, airflow, monitoring, Path(info["gitops"]), services).stop()
+    shutil.rmtree(shared, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def stack(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with local_stack(tmp_path_factory) as built:
-        yield built
+def stack(shared_stacks: dict[str, LocalStack]) -> LocalStack:
+    return shared_stacks["pipeline"]
 
 
 def _catalog_service(
-    root: Path,
-    catalog_dir: Path,
-    service: str,
-    demo: str,
-    overrides: dict[str, Any] | None,
-    *,
-    lean: bool,
-    verify_count: int | None,
+    root: Path, catalog_dir: Path, service: str, spec: ServiceSpec
 ) -> tuple[Path, dict[str, Any]]:
     """The service's repo (the demo service under a test name) and its catalog entry; (work tree, entry)."""
+    demo = spec.demo
     assemble_service(demo, root / "services-src" / service)
     bare, work = _service_repo(root, service)
     data = yaml.safe_load((PROJECT_ROOT / "include/catalog-local/services" / f"{demo}.yaml").read_text())
@@ -233,11 +398,11 @@ def _catalog_service(
         data["environments"][env]["values_path"] = f"apps/{service}/values-{env}.yaml"
         data["environments"][env]["argocd_app"] = f"{service}-{env}"
     verify = data["environments"]["production"].get("verify")
-    if verify and verify_count:
-        verify["count"] = verify_count
-    overrides = dict(overrides or {})
+    if verify and spec.verify_count:
+        verify["count"] = spec.verify_count
+    overrides = dict(spec.overrides or {})
     data["stages"] = {**data.get("stages", {}), **overrides.pop("stages", {})}  # stage by stage
-    if lean:
+    if spec.lean:
         data["stages"] |= {stage: {"enabled": False} for stage in LEAN_SKIPS}
     data.update(overrides)
     (catalog_dir / "services" / f"{service}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

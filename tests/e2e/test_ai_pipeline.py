@@ -7,19 +7,16 @@ say which device they used.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.e2e.conftest import APPROVAL, LocalStack, local_stack
+from tests.e2e.conftest import APPROVAL, LocalStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.duration(130)]
 
 
 @pytest.fixture(scope="module")
-def ai(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with local_stack(tmp_path_factory, demo="visiobook-inference") as built:
-        yield built
+def ai(shared_stacks: dict[str, LocalStack]) -> LocalStack:
+    return shared_stacks["ai"]
 
 
 def test_the_ai_service_goes_to_production_on_the_cpu_path(ai: LocalStack) -> None:

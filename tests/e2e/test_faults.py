@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
 
-from tests.e2e.conftest import APPROVAL, LocalStack, local_stack
+from tests.e2e.conftest import APPROVAL, LocalStack
 from tests.helpers import git
 
 pytestmark = [pytest.mark.e2e, pytest.mark.duration(460)]
@@ -24,10 +23,8 @@ PROD_COMMIT = "deploy_production.gitops_commit"
 
 
 @pytest.fixture(scope="module")
-def faults(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    # The slow release below must fail its verification: the demo's 5 measurements (see local_stack).
-    with local_stack(tmp_path_factory, lean=True, verify_count=None) as built:
-        yield built
+def faults(shared_stacks: dict[str, LocalStack]) -> LocalStack:
+    return shared_stacks["faults"]
 
 
 def _answer_as_soon_as_asked(stack: LocalStack, run_id: str, *, user: str) -> float:

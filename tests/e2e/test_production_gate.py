@@ -7,12 +7,11 @@ approver (``oncall``). The tests run in order: each release builds on the previo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import APPROVAL, LocalStack, local_stack
+from tests.e2e.conftest import APPROVAL, LocalStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.duration(530)]
 
@@ -21,10 +20,9 @@ GATE = "rollback.migration_gate"
 
 
 @pytest.fixture(scope="module")
-def gate(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    overrides = {"migrations": True, "break_glass_approvers": ["oncall"]}
-    with local_stack(tmp_path_factory, overrides=overrides, lean=True) as built:
-        yield built
+def gate(shared_stacks: dict[str, LocalStack]) -> LocalStack:
+    """Its service carries DB migrations and a break-glass approver (tests/e2e/conftest.py)."""
+    return shared_stacks["gate"]
 
 
 def _trailers(stack: LocalStack) -> str:

@@ -17,17 +17,24 @@ It answers the way Slack does, as documented:
 * ``hang_next(n)`` holds the next ``n`` requests without an answer (until ``stop``),
   like a network path that drops packets: only the client's timeout ends them.
 
-Every request is recorded; ``delivered()`` lists what Slack accepted.
+Every request is recorded; ``delivered()`` lists what Slack accepted. Run as a program
+(``python -m tests.standins.slack_server URL_FILE``) it serves until terminated, for a stack that
+outlives the test process which started it; :class:`RemoteSlack` reads what it recorded
+(``GET /_standin/requests``, not a Slack method).
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
+from urllib.request import urlopen
 
 
 @dataclass
@@ -99,6 +106,14 @@ class SlackStandIn:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                if self.path != "/_standin/requests":
+                    self._send(404, "application/json", b'{"ok": false, "error": "unknown_method"}')
+                    return
+                with standin.lock:
+                    recorded = [{"body": r.body, "accepted": r.accepted} for r in standin.requests]
+                self._send(200, "application/json", json.dumps(recorded).encode())
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
@@ -172,3 +187,34 @@ class SlackStandIn:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+@dataclass(frozen=True)
+class RemoteSlack:
+    """What a stand-in running in another process recorded (``messages``, ``delivered``)."""
+
+    url: str
+
+    def _recorded(self) -> list[dict[str, Any]]:
+        with urlopen(f"{self.url}/_standin/requests", timeout=30) as resp:
+            return list(json.loads(resp.read()))
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [r["body"] for r in self._recorded()]
+
+    def delivered(self) -> list[dict[str, Any]]:
+        return [r["body"] for r in self._recorded() if r["accepted"]]
+
+
+def main(url_file: str) -> None:
+    """Serve until SIGTERM; the URL is written to ``url_file`` once the stand-in listens."""
+    standin = SlackStandIn().start()
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    Path(url_file).write_text(standin.url)
+    stopped.wait()
+    standin.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

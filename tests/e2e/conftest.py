@@ -255,12 +255,30 @@ def local_stack(
 
 # -- one stack shared by the modules that leave it as it is --------------------------------------
 
+
+def _inference_on_a_shared_machine() -> dict[str, Any]:
+    """The inference demo's GPU section with its latency budgets at 5 s instead of 0.5 s.
+
+    On this stack its CPU-path benchmark shares 2 cores with three other modules' pipelines: a
+    p95 over the demo's 500 ms says how busy the machine was, not how good the model is. The
+    budget gate's decisions are tested in tests/gpu/test_gpu_gate.py; here, that it runs and
+    names the device it used.
+    """
+    entry = yaml.safe_load(
+        (PROJECT_ROOT / "include/catalog-local/services/visiobook-inference.yaml").read_text()
+    )
+    gpu = entry["gpu"]
+    gpu["budgets"]["max_p95_latency_ms"] = 5000
+    gpu["inference_latency_budget_ms"] = 5000
+    return {"gpu": gpu}
+
+
 SHARED_SERVICES: dict[str, ServiceSpec] = {
     "pipeline": ServiceSpec(),  # test_local_pipeline: every stage, checked
     "gate": ServiceSpec(overrides={"migrations": True, "break_glass_approvers": ["oncall"]}, lean=True),
     # The slow release of test_faults must fail its verification: the demo's 5 measurements.
     "faults": ServiceSpec(lean=True, verify_count=None),
-    "ai": ServiceSpec(demo="visiobook-inference"),
+    "ai": ServiceSpec(demo="visiobook-inference", overrides=_inference_on_a_shared_machine()),
 }
 """The shared stack's services, one per module that uses it: their runs never meet."""
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import SHARED_DIR_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -25,8 +27,6 @@ os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFLOW_HOME}/airflow.db")
 os.environ.setdefault("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(_AIRFLOW_HOME / "logs"))
 os.environ.setdefault("DELIVERY_CATALOG_STRICT", "1")
-SHARED_DIR_ENV = "DELIVERY_E2E_SHARED_DIR"
-"""Where the end-to-end stack shared by several modules lives (tests/e2e/conftest.py)."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,10 +50,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput"):  # an xdist worker: others may still use the stack
         return
     shared = Path(os.environ[SHARED_DIR_ENV])
-    if (shared / "stack.json").is_file():
+    if (shared / "stack.json").is_file():  # only then import the end-to-end machinery
         from tests.e2e.conftest import stop_shared_stack
 
-        stop_shared_stack()
+        stop_shared_stack(shared)
     shutil.rmtree(shared, ignore_errors=True)
 
 

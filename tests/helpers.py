@@ -3,6 +3,7 @@ process, the local monitoring of a test stack."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import socket
@@ -14,6 +15,10 @@ if TYPE_CHECKING:
     from delivery.devenv.monitoring import MonitoringStack
 
 ROOT = Path(__file__).resolve().parents[1]
+
+SHARED_DIR_ENV = "DELIVERY_E2E_SHARED_DIR"
+"""Where the end-to-end stack shared by several modules lives: one folder per test run
+(tests/conftest.py makes it and hands it to the xdist workers; tests/e2e/conftest.py uses it)."""
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Dev",
@@ -91,12 +96,11 @@ def monitoring_stack(
     from delivery.devenv.monitoring import MonitoringStack  # the monitoring's modules: e2e tests only
     from delivery.devenv.monitoring_config import AlertSinks, Ports
 
-    names = ("prometheus", "alertmanager", "pushgateway", "inbox", "inbox_tls", "inbox_smtp")
     monitoring = MonitoringStack(
         state=root / "state",
         catalog_dir=catalog_dir,
         airflow_url=f"http://127.0.0.1:{airflow_port}",
-        ports=Ports(**(ports or {name: free_port() for name in names})),
+        ports=Ports(**(ports or {f.name: free_port() for f in dataclasses.fields(Ports)})),
         sinks=AlertSinks(),
         traffic_rps=4,
     )

@@ -39,7 +39,7 @@ from delivery.devenv.demo import assemble_service
 from delivery.devenv.monitoring import MonitoringStack, airflow_env
 from delivery.paths import PROJECT_ROOT
 from tests.e2e.nodes import node_hostnames
-from tests.helpers import free_port, git, monitoring_stack
+from tests.helpers import SHARED_DIR_ENV, free_port, git, monitoring_stack
 
 DEMO = "visiobook-demo-web"
 APPROVAL = "approval.approve_production"
@@ -282,9 +282,6 @@ SHARED_SERVICES: dict[str, ServiceSpec] = {
 }
 """The shared stack's services, one per module that uses it: their runs never meet."""
 
-SHARED_DIR_ENV = "DELIVERY_E2E_SHARED_DIR"
-"""Set by tests/conftest.py for the whole test run (the xdist workers inherit it)."""
-
 
 class _ServiceSlack:
     """The Slack messages about one service (their title names it), from a stand-in shared by several."""
@@ -327,11 +324,7 @@ def shared_stacks(local_platform: None) -> dict[str, LocalStack]:
     info = json.loads(info_file.read_text())
     if "error" in info:
         pytest.fail(f"the shared end-to-end stack could not start:\n{info['error']}")
-    root = Path(info["root"])
-    airflow = AirflowServer(home=root / "airflow", port=info["airflow_port"], catalog_dir=root / "catalog")
-    monitoring = monitoring_stack(root, root / "catalog", info["airflow_port"], info["monitoring_ports"])
-    services = [(s["name"], Path(s["work"]), s["catalog"]) for s in info["services"]]
-    running = _Running(root, airflow, monitoring, Path(info["gitops"]), services)
+    running = _attach(info)
     views = _views(running, RemoteSlack(info["slack_url"]), per_service_slack=True)
     return dict(zip(SHARED_SERVICES, views, strict=True))
 
@@ -346,7 +339,6 @@ def _start_shared(root: Path) -> dict[str, Any]:
         start_new_session=True,
     )
     info: dict[str, Any] = {"root": str(root), "slack_pid": slack.pid}
-    (root / "slack.pid").write_text(str(slack.pid))
     try:
         deadline = time.monotonic() + 30
         while not url_file.is_file() and time.monotonic() < deadline:
@@ -369,25 +361,25 @@ def _start_shared(root: Path) -> dict[str, Any]:
     }
 
 
-def stop_shared_stack() -> None:
-    """Stop the shared stack if this test run started it (the run's end: tests/conftest.py)."""
-    shared = Path(os.environ.get(SHARED_DIR_ENV) or "/nonexistent")
+def _attach(info: dict[str, Any]) -> _Running:
+    """The running shared stack that ``info`` (from ``_start_shared``) describes."""
+    root = Path(info["root"])
+    airflow = AirflowServer(home=root / "airflow", port=info["airflow_port"], catalog_dir=root / "catalog")
+    monitoring = monitoring_stack(root, root / "catalog", info["airflow_port"], info["monitoring_ports"])
+    services = [(s["name"], Path(s["work"]), s["catalog"]) for s in info["services"]]
+    return _Running(root, airflow, monitoring, Path(info["gitops"]), services)
+
+
+def stop_shared_stack(shared: Path) -> None:
+    """Stop the shared stack under ``shared``, if this test run started it (tests/conftest.py)."""
     info_file = shared / "stack.json"
-    if info_file.is_file():
-        info = json.loads(info_file.read_text())
-        with contextlib.suppress(ProcessLookupError, KeyError):
-            os.kill(int(info["slack_pid"]), signal.SIGTERM)
-        if "error" not in info:
-            root = Path(info["root"])
-            airflow = AirflowServer(
-                home=root / "airflow", port=info["airflow_port"], catalog_dir=root / "catalog"
-            )
-            monitoring = monitoring_stack(
-                root, root / "catalog", info["airflow_port"], info["monitoring_ports"]
-            )
-            services = [(s["name"], Path(s["work"]), s["catalog"]) for s in info["services"]]
-            _Running(root, airflow, monitoring, Path(info["gitops"]), services).stop()
-    shutil.rmtree(shared, ignore_errors=True)
+    if not info_file.is_file():
+        return
+    info = json.loads(info_file.read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(int(info["slack_pid"]), signal.SIGTERM)
+    if "error" not in info:
+        _attach(info).stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from delivery.gitops import (
     NoStableReleaseError,
     Release,
     ReleaseAction,
+    ReleaseMovedError,
     ReleaseNotFoundError,
     VerificationStatus,
     read_image,
@@ -241,3 +242,38 @@ def test_rollback_guards(make_repo: RepoFactory) -> None:
     with pytest.raises(InvalidRequestError, match="staging"):
         repo.rollback(**API, to=other, metadata=meta(reason="wrong env"))
     assert repo.current(**API).revision == r1  # type: ignore[union-attr]
+
+
+def test_a_rollback_never_undoes_a_release_that_landed_after_its_plan(
+    remote: Remote, make_repo: RepoFactory
+) -> None:
+    repo = make_repo()
+    r1 = _deploy(repo, "1.1.0")
+    repo.mark_verified(release=_release(repo, r1), ok=True, summary="ok")
+    _deploy(repo, "1.2.0")  # the release the rollback is planned to undo
+    stable = _release(repo, r1)
+
+    # Another run releases 1.3.0 before the rollback commits.
+    r3 = _deploy(make_repo("another-run"), "1.3.0")
+    with pytest.raises(ReleaseMovedError, match=r"runs 1\.3\.0 .*not 1\.2\.0"):
+        repo.rollback(**API, to=stable, metadata=meta(reason="1.2.0 is slow"), undoing="1.2.0")
+    assert remote.head() == r3 and read_image(remote.show(API_PROD))[0] == "1.3.0"
+
+    # The same race at push time: the push is rejected, the new head is compared again.
+    repo.rollback(**API, to="1.2.0", metadata=meta(reason="back to 1.2.0"), undoing="1.3.0")
+    real_git = repo._git
+    raced: list[str] = []
+
+    def racing_git(*args: str, **kwargs: object) -> object:
+        if args[0] == "push" and not raced:
+            raced.append(_deploy(make_repo("another-run"), "1.4.0"))
+        return real_git(*args, **kwargs)  # type: ignore[arg-type]
+
+    repo._git = racing_git  # type: ignore[method-assign,assignment]
+    with pytest.raises(ReleaseMovedError, match=r"runs 1\.4\.0"):
+        repo.rollback(**API, to=stable, metadata=meta(reason="1.2.0 is slow"), undoing="1.2.0")
+    assert remote.head() == raced[0] and read_image(remote.show(API_PROD))[0] == "1.4.0"
+
+    # Undoing what is current still works.
+    done = repo.rollback(**API, to=stable, metadata=meta(reason="1.4.0 is slow"), undoing="1.4.0")
+    assert done.changed and read_image(remote.show(API_PROD))[0] == "1.1.0"

@@ -60,6 +60,16 @@ def test_a_rollback_resolves_the_incident_and_is_announced_once(standins: Any) -
     assert body["text"].startswith(":rewind: *[P3] visiobook-api: rolled back to the previous stable version")
 
 
+def test_a_rollback_superseded_by_a_newer_release_says_nothing_was_reverted(standins: Any) -> None:
+    slack, pagerduty, _smtp = standins
+    states = {**ROLLED_BACK, "rollback.revert": "skipped", "rollback.health_check": "skipped"}
+    result = notify_summary(service_name="visiobook-api", **_context(states))
+    assert result["outcome"] == "rollback_superseded" and result["events"] == ["run_finished"]
+    assert pagerduty.accepted() == []  # not "rolled back": the incident stays open
+    [body] = slack.delivered()
+    assert "a newer release replaced this run's before its rollback: nothing was reverted" in body["text"]
+
+
 def test_a_failed_ci_run_is_summarised_as_run_finished(standins: Any) -> None:
     slack, _pagerduty, _smtp = standins
     states = {"validate.checkout": "success", "build_and_test.unit_tests": "failed"}

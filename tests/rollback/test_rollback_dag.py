@@ -102,6 +102,28 @@ def test_db_migration_rollback_waits_for_a_restored_backup(rollback_env: Rollbac
     assert head["Delivery-Approver"] == "carol"
 
 
+def test_a_release_landing_while_the_gate_waits_is_never_undone(rollback_env: RollbackEnv) -> None:
+    env = rollback_env
+    env.deploy("rb-db", env.good_tag, verified=True)
+    env.deploy("rb-db", "c" * 40, verified=False, migration=True)  # the release to undo
+    run_id = env.airflow.trigger(DB, conf={"reason": "schema v43 is slow"})
+    env.airflow.wait_task(DB, run_id, "restore_database", states=("awaiting_input",), timeout=120)
+    newer = env.deploy("rb-db", "e" * 40, verified=None)  # another run's release lands meanwhile
+    env.airflow.respond(DB, run_id, "restore_database", option="Continue", user="carol")
+
+    state = env.airflow.wait_run(DB, run_id, timeout=180)
+    states = env.airflow.task_states(DB, run_id)
+    assert state == "success", states  # nothing to do is not a failure
+    for task in ("revert", "sync", "health_check", "record"):
+        assert states[task] == "skipped", (task, states)
+    assert env.log("rb-db")[0]["sha"] == newer, "the release the rollback never examined stays"
+    assert env.values("rb-db")["image"]["tag"] == "e" * 40
+    summary = env.airflow.api(
+        "GET", f"/dags/{DB}/dagRuns/{run_id}/taskInstances/notify/xcomEntries/return_value"
+    )["value"]
+    assert "'outcome': 'superseded'" in str(summary) and "nothing was reverted" in str(summary), summary
+
+
 def test_a_target_that_was_never_verified_needs_an_approvers_continue(rollback_env: RollbackEnv) -> None:
     env = rollback_env
     env.deploy("rb-web", "d" * 40, verified=None)  # whatever the earlier tests left: a change

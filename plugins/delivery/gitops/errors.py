@@ -62,5 +62,9 @@ class NoStableReleaseError(GitOpsError, LookupError):
     """A rollback was asked for but no earlier release passed verification."""
 
 
+class ReleaseMovedError(GitOpsError):
+    """A rollback was planned against one release, but another one is current now: nothing changed."""
+
+
 class GitOpsLockTimeoutError(GitOpsError, TimeoutError):
     """Another process held a lock (a workdir, a mirror) for too long."""

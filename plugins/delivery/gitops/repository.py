@@ -51,6 +51,7 @@ from delivery.gitops.errors import (
     InvalidRequestError,
     NoStableReleaseError,
     PushConflictError,
+    ReleaseMovedError,
     ReleaseNotFoundError,
     ValuesFileNotFoundError,
 )
@@ -366,6 +367,7 @@ class GitOpsRepo:
         to: Release | str | None = None,
         metadata: ReleaseMetadata,
         restore: Literal["image", "file"] = "image",
+        undoing: str | None = None,
     ) -> DeployResult:
         """Restore a stable release with a ``Delivery-Action: rollback`` commit.
 
@@ -374,6 +376,11 @@ class GitOpsRepo:
         release's ``image.tag``/``image.repository`` and keeps later
         configuration changes; ``restore="file"`` writes the stable release's
         whole values file back (needs a :class:`Release`).
+
+        ``undoing`` is the image tag the rollback was planned to undo. It is compared with
+        the file at the remote head the commit is made on (a compare-and-swap: a push that
+        loses a race is retried on the new head and compared again), so a release that landed
+        after the plan is never undone by it: :class:`ReleaseMovedError`, nothing committed.
         """
         _check_name("environment", environment)
         _check_name("service", service)
@@ -391,6 +398,11 @@ class GitOpsRepo:
             else:
                 new = set_image(text, tag=target_tag, repository=target_repository, where=self._where(path))
             current_tag, _ = read_image(text, where=self._where(path))
+            if undoing is not None and current_tag != undoing:
+                raise ReleaseMovedError(
+                    f"{self._where(path)} runs {current_tag} at {head[:12]}, not {undoing} that this "
+                    f"rollback was planned to undo: a newer release landed since; nothing was reverted"
+                )
             extra = {T_ROLLBACK_FROM: head}
             if target_revision:
                 extra[T_ROLLBACK_TO] = target_revision

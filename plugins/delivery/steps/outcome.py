@@ -41,6 +41,12 @@ def describe_outcome(states: dict[str, str]) -> tuple[str, str]:
             "step: nothing was reverted, production needs manual intervention",
         )
     if states.get(ids.ROLLBACK_PLAN) in ("success", "failed") or rolled_back:
+        if states.get(ids.ROLLBACK_REVERT) == "skipped" and states.get(ids.ROLLBACK_PLAN) == "success":
+            return (
+                "rollback_superseded",
+                f"production failed ({', '.join(failed)}); a newer release replaced this run's before its "
+                "rollback: nothing was reverted",
+            )
         if rolled_back:
             return (
                 "rolled_back",
@@ -60,6 +66,11 @@ def describe_outcome(states: dict[str, str]) -> tuple[str, str]:
     return "incomplete", "the run ended before production"
 
 
+NOTHING_REVERTED = ("not_needed", "superseded")
+"""Rollback DAG outcomes that leave production as it was and are not failures: the release the
+alert (or the person) was about is no longer current, or a newer one landed after the plan."""
+
+
 def describe_rollback(states: dict[str, str]) -> tuple[str, str]:
     """(outcome, sentence) of a rollback DAG run from its task states."""
     failed = sorted(t for t, s in states.items() if s in FAILED_STATES and t != ids.RB_OUTCOME)
@@ -69,6 +80,11 @@ def describe_rollback(states: dict[str, str]) -> tuple[str, str]:
         return "not_needed", "the release the alert was about is no longer current: nothing rolled back"
     if states.get(ids.RB_ABORTED) == "success":
         return "aborted", "aborted at the confirmation step: nothing was reverted"
+    if states.get(ids.RB_REVERT) == "skipped" and states.get(ids.RB_IDENTIFY) == "success" and not failed:
+        return (
+            "superseded",
+            "a newer release landed after the rollback was planned; it was not examined, so nothing was reverted",
+        )
     if failed:
         where = ", ".join(failed)
         if states.get(ids.RB_REVERT) == "success":
@@ -238,7 +254,7 @@ def pipeline_outcome(states: dict[str, str], outcome: str, context: dict[str, An
     """What the delivery metrics count of a pipeline run that ended as ``outcome``."""
     started = parse_time(getattr(context.get("dag_run"), "start_date", None))
     rollback = None
-    if states.get(ids.ROLLBACK_PLAN) == "success":
+    if states.get(ids.ROLLBACK_PLAN) == "success" and outcome != "rollback_superseded":
         rollback = "success" if states.get(ids.ROLLBACK_HEALTH) == "success" else "failed"
     return metrics.RunOutcome(
         pipeline="success" if outcome in ("deployed", "ci_passed") else "failed",
@@ -251,8 +267,8 @@ def pipeline_outcome(states: dict[str, str], outcome: str, context: dict[str, An
 
 
 def rollback_outcome(outcome: str, details: dict[str, Any]) -> metrics.RunOutcome:
-    """What the delivery metrics count of a rollback DAG run (a rollback not needed is not one)."""
-    if outcome == "not_needed":
+    """What the delivery metrics count of a rollback DAG run (one not needed, or superseded, is not one)."""
+    if outcome in NOTHING_REVERTED:
         return metrics.RunOutcome()
     environment = details.get("environment") or "production"
     return metrics.RunOutcome(
@@ -279,11 +295,17 @@ def outcome(*, mode: str = "pipeline", service_name: str | None = None, **contex
     states = task_states(context)
     if mode == "manual":
         result, sentence = describe_rollback(states)
-        failed = result not in ("rolled_back", "not_needed")
+        failed = result not in ("rolled_back", *NOTHING_REVERTED)
         what = "Rollback"
     else:
         result, sentence = describe_outcome(states)
-        failed = result in ("failed", "rolled_back", "rollback_failed", "rollback_aborted")
+        failed = result in (
+            "failed",
+            "rolled_back",
+            "rollback_failed",
+            "rollback_aborted",
+            "rollback_superseded",
+        )
         what = "Release"
     try:
         context["dag_run"].note = sentence  # best effort: visible in the UI's run notes

@@ -14,7 +14,11 @@
   target is unverified; *Abort*, also the default on timeout, reverts nothing.
 * **aborted** escalates (P1, manual intervention) and reverts nothing.
 * **revert** writes the target back (``Delivery-Action: rollback``, the reason,
-  the approver who answered the gate) and marks the undone release failed.
+  the approver who answered the gate) and marks the undone release failed. It only
+  undoes the release the plan examined: when another release landed in between (a
+  pipeline's deploy between the plan and the revert, or while the gate waited), the
+  revert is skipped and nothing changes; the check is made on the GitOps head the rollback
+  commit is pushed onto (:meth:`delivery.gitops.GitOpsRepo.rollback`, ``undoing``).
 * **record** (rollback DAG) marks the restored release verified once healthy.
 """
 
@@ -31,6 +35,7 @@ from delivery.gitops import (
     Release,
     ReleaseAction,
     ReleaseMetadata,
+    ReleaseMovedError,
     Verification,
     VerificationStatus,
 )
@@ -295,18 +300,24 @@ def rollback_revert(*, service_name: str, plan_task: str, gate_task: str, **cont
             f"the rollback needs an approver's Continue at {gate_task} ({', '.join(confirm)}); "
             "none was recorded, so nothing is reverted"
         )
-    result = repo.rollback(
-        environment=environment,
-        service=svc.name,
-        values_path=env.values_path,
-        to=target,
-        metadata=ReleaseMetadata(
-            source_sha=target.source_sha or target.image_tag or target.revision,
-            run_id=context["run_id"],
-            approver=approver,
-            reason=str(plan.get("reason") or "rollback"),
-        ),
-    )
+    try:
+        result = repo.rollback(
+            environment=environment,
+            service=svc.name,
+            values_path=env.values_path,
+            to=target,
+            metadata=ReleaseMetadata(
+                source_sha=target.source_sha or target.image_tag or target.revision,
+                run_id=context["run_id"],
+                approver=approver,
+                reason=str(plan.get("reason") or "rollback"),
+            ),
+            # The release the plan examined: another one landed since (a deploy while the gate
+            # waited, or between two tasks) is never undone by this run.
+            undoing=str((plan.get("current") or {}).get("image_tag") or "") or None,
+        )
+    except ReleaseMovedError as exc:
+        raise AirflowSkipException(f"{svc.name} {environment}: {exc}") from exc
     current = releases[0]
     if result.changed and current.image_tag != target.image_tag:
         undone = repo.get_release(

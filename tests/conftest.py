@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -18,14 +19,22 @@ from tests.helpers import SHARED_DIR_ENV
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-# Airflow reads its configuration at import time: isolate it before any test imports it.
-_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="delivery-airflow-home-"))
-os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
+# Airflow reads its configuration at import time: isolate it before any test imports it. Every
+# pytest process gets a home and metadata DB of its own, never inherited: xdist's workers inherit
+# the controller's environment, and workers sharing one SQLite DB migrated it at the same time and
+# deactivated each other's DAGs (nor may a shell's AIRFLOW_HOME receive the tests' runs). Once per
+# process: this module is imported again as ``tests.conftest`` by a test that uses its hooks.
+_HOME_OWNER = "DELIVERY_TESTS_AIRFLOW_HOME_PID"
+if os.environ.get(_HOME_OWNER) != str(os.getpid()):
+    _airflow_home = Path(tempfile.mkdtemp(prefix="delivery-airflow-home-"))
+    atexit.register(shutil.rmtree, _airflow_home, ignore_errors=True)
+    os.environ[_HOME_OWNER] = str(os.getpid())
+    os.environ["AIRFLOW_HOME"] = str(_airflow_home)
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_airflow_home}/airflow.db"
+    os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(_airflow_home / "logs")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
-os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFLOW_HOME}/airflow.db")
-os.environ.setdefault("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(_AIRFLOW_HOME / "logs"))
 os.environ.setdefault("DELIVERY_CATALOG_STRICT", "1")
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from delivery.devenv import processes
 from delivery.devenv.airflow_server import AirflowError, AirflowServer
-from tests.helpers import free_port
+from tests.helpers import REPARSE_INTERVAL, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.duration(330)]
 
@@ -37,7 +37,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
 
 
 def _started(home: Path, port: int) -> AirflowServer:
-    server = AirflowServer(home=home, port=port, dags_folder=DAGS)
+    server = AirflowServer(home=home, port=port, dags_folder=DAGS, reparse_interval=REPARSE_INTERVAL)
     server.start()
     server.wait_dag(DAG)
     return server

@@ -17,7 +17,7 @@ import pytest
 from delivery.devenv.airflow_server import AirflowServer
 from delivery.devenv.processes import alive
 from delivery.devenv.settings import COMPONENTS
-from tests.helpers import free_port
+from tests.helpers import REPARSE_INTERVAL, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.duration(155)]
 
@@ -28,7 +28,11 @@ DAG = "devenv_probe"
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[AirflowServer]:
     airflow = AirflowServer(
-        home=tmp_path / "airflow", port=free_port(), dags_folder=DAGS, topology="distributed"
+        home=tmp_path / "airflow",
+        port=free_port(),
+        dags_folder=DAGS,
+        topology="distributed",
+        reparse_interval=REPARSE_INTERVAL,
     )
     try:
         airflow.start(timeout=300)

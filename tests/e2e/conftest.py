@@ -39,7 +39,7 @@ from delivery.devenv.demo import assemble_service
 from delivery.devenv.monitoring import MonitoringStack, airflow_env
 from delivery.paths import PROJECT_ROOT
 from tests.e2e.nodes import node_hostnames
-from tests.helpers import SHARED_DIR_ENV, free_port, git, monitoring_stack
+from tests.helpers import REPARSE_INTERVAL, SHARED_DIR_ENV, free_port, git, monitoring_stack
 
 DEMO = "visiobook-demo-web"
 APPROVAL = "approval.approve_production"
@@ -161,7 +161,11 @@ def _start(root: Path, specs: Sequence[ServiceSpec], *, slack_url: str, topology
     airflow_port = free_port()
     monitoring = monitoring_stack(root, catalog_dir, airflow_port)
     airflow = AirflowServer(
-        home=root / "airflow", port=airflow_port, catalog_dir=catalog_dir, topology=topology
+        home=root / "airflow",
+        port=airflow_port,
+        catalog_dir=catalog_dir,
+        topology=topology,
+        reparse_interval=REPARSE_INTERVAL,
     )
     running = _Running(root, airflow, monitoring, gitops, services)
     try:

@@ -46,7 +46,7 @@ from delivery.notification_inbox import EntryStatus, InboxEntry, InboxStore, Sou
 from delivery.pipeline import task_ids as ids
 from delivery.pipeline.factory import DagFactory
 from delivery.verification.analysis import VerificationFailed
-from tests.helpers import ROOT, free_port, git, monitoring_stack
+from tests.helpers import REPARSE_INTERVAL, ROOT, free_port, git, monitoring_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.duration(325)]
 
@@ -188,6 +188,7 @@ def env(local_platform: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
             home=root / "airflow",
             port=airflow_port,
             catalog_dir=catalog,
+            reparse_interval=REPARSE_INTERVAL,
             env={**airflow_env(root / "state", catalog), "DELIVERY_CATALOG_STRICT": "1"},
         )
         airflow.start()

@@ -33,7 +33,7 @@ import yaml
 
 from delivery.devenv.airflow_server import AirflowServer
 from delivery.gitops import GitOpsRepo, ReleaseMetadata
-from tests.helpers import ROOT, free_port
+from tests.helpers import REPARSE_INTERVAL, ROOT, free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
 REGISTRY = "127.0.0.1:5000"
@@ -253,9 +253,9 @@ def rollback_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RollbackE
         port=free_port(),
         catalog_dir=catalog_dir,
         profile="local",
+        reparse_interval=REPARSE_INTERVAL,
         env={
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
             "TMPDIR": str(tmp),
         },
     )

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from delivery.devenv.airflow_server import AirflowServer
-from tests.helpers import free_port
+from tests.helpers import REPARSE_INTERVAL, free_port
 from tests.web.support import SECRET, commit, encode, headers, make_catalog, make_repo, payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.duration(95)]
@@ -68,6 +68,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         home=tmp / "airflow",
         port=free_port(),
         catalog_dir=catalog,
+        reparse_interval=REPARSE_INTERVAL,
         env={
             "AIRFLOW_CONN_GITHUB_WEBHOOK": json.dumps({"conn_type": "generic", "password": SECRET}),
             "DELIVERY_WEBHOOK_MAX_BYTES": str(MAX_BYTES),

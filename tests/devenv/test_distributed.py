@@ -25,10 +25,11 @@ DAGS = Path(__file__).parent / "dags"
 DAG = "devenv_probe"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[AirflowServer]:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowServer]:
+    """One stack for the module: the second test kills a worker of the stack the first one checked."""
     airflow = AirflowServer(
-        home=tmp_path / "airflow",
+        home=tmp_path_factory.mktemp("distributed") / "airflow",
         port=free_port(),
         dags_folder=DAGS,
         topology="distributed",

@@ -31,7 +31,7 @@ TEST_WORKERS ?= 4
 XDIST := --dist loadfile --no-loadscope-reorder
 
 test: lint ## lint, then the whole test suite (starts Docker, a registry, Prometheus, Alertmanager, Airflow)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -p no:cacheprovider -n $(TEST_WORKERS) $(XDIST)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -p no:cacheprovider -n $(TEST_WORKERS) $(XDIST) --durations=25
 
 test-fast: install ## unit tests only (no real services)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -p no:cacheprovider -m "not e2e" -n 2 $(XDIST)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import shutil
 import subprocess
@@ -89,10 +88,11 @@ def airflow_db() -> Path:
     Migrated once per test run (about 10 CPU-seconds), by the first process that needs it,
     into the run's shared folder; every process then starts from a copy of it.
     """
+    from delivery.gitops.locks import file_lock
+
     shared = Path(os.environ[SHARED_DIR_ENV])
     template = shared / "airflow-migrated.db"
-    with (shared / "airflow-migrated.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(shared / "airflow-migrated.lock", timeout_s=None, what="the migrated metadata DB"):
         if not template.is_file():
             partial = template.with_suffix(".partial")
             partial.unlink(missing_ok=True)

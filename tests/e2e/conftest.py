@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import yaml
 from delivery.devenv.airflow_server import AirflowServer
 from delivery.devenv.demo import assemble_service
 from delivery.devenv.monitoring import MonitoringStack, airflow_env
+from delivery.gitops.locks import file_lock
 from delivery.paths import PROJECT_ROOT
 from tests.e2e.nodes import node_hostnames
 from tests.helpers import REPARSE_INTERVAL, SHARED_DIR_ENV, free_port, git, monitoring_stack
@@ -300,16 +300,6 @@ class _ServiceSlack:
         return [m for m in self._slack.delivered() if self._service in str(m.get("text") or "")]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @pytest.fixture(scope="session")
 def shared_stacks(local_platform: None) -> dict[str, LocalStack]:
     """One Airflow stack for the whole test run, with a service per module in SHARED_SERVICES.
@@ -322,7 +312,7 @@ def shared_stacks(local_platform: None) -> dict[str, LocalStack]:
 
     shared = Path(os.environ[SHARED_DIR_ENV])
     info_file = shared / "stack.json"
-    with _locked(shared / "stack.lock"):
+    with file_lock(shared / "stack.lock", timeout_s=None, what="the shared end-to-end stack"):
         if not info_file.exists():
             info_file.write_text(json.dumps(_start_shared(shared / "stack")))
     info = json.loads(info_file.read_text())

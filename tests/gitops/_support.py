@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from delivery.gitops import ReleaseMetadata
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+    from delivery.gitops import GitOpsRepo
+
+T = TypeVar("T")
 
 API_PROD = "services/visiobook-api/values-production.yaml"
 API_STAGING = "services/visiobook-api/values-staging.yaml"
@@ -117,3 +122,18 @@ def meta(run: str = "run-1", **kwargs: object) -> ReleaseMetadata:
     options: dict[str, object] = {"source_sha": "a" * 40, "run_id": run, "approver": "alice"}
     options.update(kwargs)
     return ReleaseMetadata(**options)  # type: ignore[arg-type]
+
+
+def before_first_push(repo: GitOpsRepo, action: Callable[[], T]) -> list[T]:
+    """Run ``action`` (another deployer's push) once, right before ``repo``'s first ``git push``:
+    a deterministic race. The list receives what ``action`` returned."""
+    real_git = repo._git
+    raced: list[T] = []
+
+    def racing_git(*args: str, **kwargs: object) -> object:
+        if args[0] == "push" and not raced:
+            raced.append(action())
+        return real_git(*args, **kwargs)  # type: ignore[arg-type]
+
+    repo._git = racing_git  # type: ignore[method-assign,assignment]
+    return raced

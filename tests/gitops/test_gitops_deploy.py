@@ -10,7 +10,15 @@ import pytest
 import yaml
 
 from delivery.gitops import DeployResult, GitOpsRepo, ReleaseAction, read_image
-from tests.gitops._support import API_PROD, API_PROD_TEXT, API_STAGING, WORKER_PROD, Remote, meta
+from tests.gitops._support import (
+    API_PROD,
+    API_PROD_TEXT,
+    API_STAGING,
+    WORKER_PROD,
+    Remote,
+    before_first_push,
+    meta,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -118,23 +126,16 @@ def test_workdir_is_reset_to_the_remote(remote: Remote, make_repo: RepoFactory) 
 def test_rejected_push_is_rebased_and_retried(remote: Remote, make_repo: RepoFactory) -> None:
     """Deterministic race: another deployer pushes between our commit and our push."""
     ours, theirs = make_repo("ours"), make_repo("theirs")
-    real_git = ours._git
-    raced: list[DeployResult] = []
-
-    def racing_git(*args: str, **kwargs: object) -> object:
-        if args[0] == "push" and not raced:
-            raced.append(
-                theirs.deploy(
-                    environment="production",
-                    service="visiobook-api",
-                    values_path=API_PROD,
-                    image_tag="9.9.9",
-                    metadata=meta("their-run"),
-                )
-            )
-        return real_git(*args, **kwargs)  # type: ignore[arg-type]
-
-    ours._git = racing_git  # type: ignore[method-assign,assignment]
+    raced = before_first_push(
+        ours,
+        lambda: theirs.deploy(
+            environment="production",
+            service="visiobook-api",
+            values_path=API_PROD,
+            image_tag="9.9.9",
+            metadata=meta("their-run"),
+        ),
+    )
     result = ours.deploy(
         environment="production",
         service="visiobook-api",

@@ -18,7 +18,7 @@ from delivery.gitops import (
     VerificationStatus,
     read_image,
 )
-from tests.gitops._support import API_PROD, API_PROD_TEXT, API_STAGING, Remote, meta
+from tests.gitops._support import API_PROD, API_PROD_TEXT, API_STAGING, Remote, before_first_push, meta
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -261,15 +261,7 @@ def test_a_rollback_never_undoes_a_release_that_landed_after_its_plan(
 
     # The same race at push time: the push is rejected, the new head is compared again.
     repo.rollback(**API, to="1.2.0", metadata=meta(reason="back to 1.2.0"), undoing="1.3.0")
-    real_git = repo._git
-    raced: list[str] = []
-
-    def racing_git(*args: str, **kwargs: object) -> object:
-        if args[0] == "push" and not raced:
-            raced.append(_deploy(make_repo("another-run"), "1.4.0"))
-        return real_git(*args, **kwargs)  # type: ignore[arg-type]
-
-    repo._git = racing_git  # type: ignore[method-assign,assignment]
+    raced = before_first_push(repo, lambda: _deploy(make_repo("another-run"), "1.4.0"))
     with pytest.raises(ReleaseMovedError, match=r"runs 1\.4\.0"):
         repo.rollback(**API, to=stable, metadata=meta(reason="1.2.0 is slow"), undoing="1.2.0")
     assert remote.head() == raced[0] and read_image(remote.show(API_PROD))[0] == "1.4.0"

@@ -9,10 +9,16 @@ run, the worker running a stage of one of them is lost (``kill -9`` of every pro
 node, the stage's command included), then the scheduler that queued that stage. Asserted as a
 user sees it: the runs' states, the tries of the killed stage and where each ran (REST), the
 GitOps history, what production serves, and that nothing is left queued or running.
+
+One stack for the module, its tests in order: it starts as the compose topology, the
+pipelines survive the lost nodes, then ``start`` brings the lost nodes back and adopts the
+rest (what ``scripts/run-local.sh start --distributed`` does after a crash).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +27,12 @@ from typing import Any
 import pytest
 import sqlalchemy
 
+from delivery.devenv.processes import alive
+from delivery.devenv.settings import COMPONENTS
 from tests.e2e.conftest import APPROVAL, DEMO, LocalStack, local_stack
 from tests.e2e.nodes import kill_node, node_processes, stage_process
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(320)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(360)]
 
 DEFAULT_WORKERS = ("airflow-worker-1", "airflow-worker-2")
 SCHEDULERS = ("airflow-scheduler-1", "airflow-scheduler-2")
@@ -157,6 +165,19 @@ def _new_deploys(stack: LocalStack, environment: str, before: list[str]) -> list
     return log[: len(log) - len(before)]
 
 
+def test_the_stack_is_the_compose_topology(fleet: list[LocalStack]) -> None:
+    """Every component of docker-compose.yaml runs as its own process group, healthy; two schedulers."""
+    airflow = fleet[0].airflow
+    pids = airflow.components()
+    assert set(pids) == {c.name for c in COMPONENTS} | {"redis", "postgres"}
+    assert len(set(pids.values())) == len(pids)
+    assert airflow.health() == {
+        c.name: "healthy" for c in COMPONENTS if c.kind in ("scheduler", "celery-worker")
+    }
+    jobs = airflow.api("GET", "/jobs", params={"job_type": "SchedulerJob", "is_alive": True, "limit": 100})
+    assert len(jobs["jobs"]) == 2
+
+
 @pytest.mark.timeout(2400)
 def test_pipelines_complete_once_after_losing_a_worker_and_a_scheduler(fleet: list[LocalStack]) -> None:
     airflow = fleet[0].airflow
@@ -206,3 +227,30 @@ def test_pipelines_complete_once_after_losing_a_worker_and_a_scheduler(fleet: li
     ]
     runs = airflow.api("GET", "/dags/~/dagRuns", params={"state": ["queued", "running"]})
     assert runs["total_entries"] == 0, runs["dag_runs"]
+
+
+def test_start_brings_lost_nodes_back_and_adopts_the_rest(fleet: list[LocalStack]) -> None:
+    """After the nodes lost above, ``start`` restarts them; then a worker killed alone is the only
+    process a second ``start`` replaces."""
+    airflow = fleet[0].airflow
+    airflow.start(timeout=300)
+    before = airflow.components()
+    assert set(before) == {c.name for c in COMPONENTS} | {"redis", "postgres"}
+
+    os.killpg(before["airflow-worker-2"], signal.SIGKILL)
+    # The worker has died (not merely been sent the signal) when someone runs start again.
+    deadline = time.monotonic() + 30
+    while alive(before["airflow-worker-2"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    airflow.start(timeout=300)
+
+    after = airflow.components()
+    assert not alive(before["airflow-worker-2"])
+    assert after["airflow-worker-2"] != before["airflow-worker-2"]
+    assert {k: v for k, v in after.items() if k != "airflow-worker-2"} == {
+        k: v for k, v in before.items() if k != "airflow-worker-2"
+    }
+    assert airflow.health() == {
+        c.name: "healthy" for c in COMPONENTS if c.kind in ("scheduler", "celery-worker")
+    }

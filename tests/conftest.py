@@ -55,14 +55,14 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Stop the shared end-to-end stack once every test is done: in the controller under xdist."""
-    if hasattr(session.config, "workerinput"):  # an xdist worker: others may still use the stack
+    """Stop the run's shared stacks once every test is done: in the controller under xdist."""
+    if hasattr(session.config, "workerinput"):  # an xdist worker: others may still use them
         return
-    shared = Path(os.environ[SHARED_DIR_ENV])
-    if (shared / "stack.json").is_file():  # only then import the end-to-end machinery
-        from tests.e2e.conftest import stop_shared_stack
+    from tests.shared import stop_all
 
-        stop_shared_stack(shared)
+    shared = Path(os.environ[SHARED_DIR_ENV])
+    for error in stop_all(shared):
+        print(f"\ncould not stop a shared resource of the tests: {error}", file=sys.stderr)
     shutil.rmtree(shared, ignore_errors=True)
 
 

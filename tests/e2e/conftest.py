@@ -36,10 +36,10 @@ import yaml
 from delivery.devenv.airflow_server import AirflowServer
 from delivery.devenv.demo import assemble_service
 from delivery.devenv.monitoring import MonitoringStack, airflow_env
-from delivery.gitops.locks import file_lock
 from delivery.paths import PROJECT_ROOT
 from tests.e2e.nodes import node_hostnames
-from tests.helpers import REPARSE_INTERVAL, SHARED_DIR_ENV, free_port, git, monitoring_stack
+from tests.helpers import REPARSE_INTERVAL, free_port, git, monitoring_stack
+from tests.shared import shared_resource
 
 DEMO = "visiobook-demo-web"
 APPROVAL = "approval.approve_production"
@@ -304,50 +304,37 @@ class _ServiceSlack:
 def shared_stacks(local_platform: None) -> dict[str, LocalStack]:
     """One Airflow stack for the whole test run, with a service per module in SHARED_SERVICES.
 
-    The first worker that needs it starts it (the others wait on a lock, then attach to it);
-    it outlives the workers, and the test run's end stops it (``stop_shared_stack``, from
-    tests/conftest.py), whichever worker started it.
+    Started by the first worker that needs it, stopped at the run's end (:mod:`tests.shared`).
     """
     from tests.standins.slack_server import RemoteSlack
 
-    shared = Path(os.environ[SHARED_DIR_ENV])
-    info_file = shared / "stack.json"
-    with file_lock(shared / "stack.lock", timeout_s=None, what="the shared end-to-end stack"):
-        if not info_file.exists():
-            info_file.write_text(json.dumps(_start_shared(shared / "stack")))
-    info = json.loads(info_file.read_text())
-    if "error" in info:
-        pytest.fail(f"the shared end-to-end stack could not start:\n{info['error']}")
+    info = shared_resource("stack", _start_shared, stop=stop_shared_stack)
     running = _attach(info)
     views = _views(running, RemoteSlack(info["slack_url"]), per_service_slack=True)
     return dict(zip(SHARED_SERVICES, views, strict=True))
 
 
 def _start_shared(root: Path) -> dict[str, Any]:
-    """Start the shared stack: what attaching to it and stopping it need, or ``{"error": ...}``."""
-    root.mkdir(parents=True)
+    """Start the shared stack in ``root``: what attaching to it and stopping it need."""
     url_file = root / "slack.url"
     slack = subprocess.Popen(  # its own process: the worker that starts it may finish first
         [sys.executable, "-m", "tests.standins.slack_server", str(url_file)],
         cwd=PROJECT_ROOT,
         start_new_session=True,
     )
-    info: dict[str, Any] = {"root": str(root), "slack_pid": slack.pid}
     try:
         deadline = time.monotonic() + 30
         while not url_file.is_file() and time.monotonic() < deadline:
             time.sleep(0.1)
-        info["slack_url"] = url_file.read_text()
-        running = _start(
-            root, list(SHARED_SERVICES.values()), slack_url=info["slack_url"], topology="standalone"
-        )
-    except Exception:
-        import traceback
-
+        slack_url = url_file.read_text()
+        running = _start(root, list(SHARED_SERVICES.values()), slack_url=slack_url, topology="standalone")
+    except BaseException:
         slack.terminate()
-        return {**info, "error": traceback.format_exc()}
+        raise
     return {
-        **info,
+        "root": str(root),
+        "slack_pid": slack.pid,
+        "slack_url": slack_url,
         "airflow_port": running.airflow.port,
         "monitoring_ports": dataclasses.asdict(running.monitoring.ports),
         "gitops": str(running.gitops),
@@ -364,16 +351,11 @@ def _attach(info: dict[str, Any]) -> _Running:
     return _Running(root, airflow, monitoring, Path(info["gitops"]), services)
 
 
-def stop_shared_stack(shared: Path) -> None:
-    """Stop the shared stack under ``shared``, if this test run started it (tests/conftest.py)."""
-    info_file = shared / "stack.json"
-    if not info_file.is_file():
-        return
-    info = json.loads(info_file.read_text())
+def stop_shared_stack(info: dict[str, Any]) -> None:
+    """Stop the shared stack that ``info`` describes (at the run's end, :func:`tests.shared.stop_all`)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(int(info["slack_pid"]), signal.SIGTERM)
-    if "error" not in info:
-        _attach(info).stop()
+    _attach(info).stop()
 
 
 @pytest.fixture(scope="module")

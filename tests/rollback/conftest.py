@@ -1,11 +1,11 @@
 """Rollback tests: REAL git bare repos, a REAL Airflow (``airflow standalone``), a REAL Alertmanager.
 
-One Airflow per session, with its own home, a free port and a catalog copied
-from ``include/catalog-local`` whose GitOps repo is a bare repo seeded here.
-Its DAGs folder holds only the rollback DAGs of that catalog (the same builder
-the delivery DAG file uses). The sync step of the local profile runs a real
-container: the demo web service's image is built once per session from the
-local base image and pushed to the local registry (no network needed).
+One Airflow per test run, shared by the modules of this folder and their workers
+(tests/shared.py), with its own home, a free port and a catalog copied from
+``include/catalog-local`` whose GitOps repo is a bare repo seeded here. Its DAGs folder holds
+only the rollback DAGs of that catalog (the same builder the delivery DAG file uses). The sync
+step of the local profile runs a real container: the demo web service's image is built once
+per run from the local base image and pushed to the local registry (no network needed).
 
 Services of the test catalog (container names ``visiobook-rb-*``, free ports):
 
@@ -34,6 +34,7 @@ import yaml
 from delivery.devenv.airflow_server import AirflowServer
 from delivery.gitops import GitOpsRepo, ReleaseMetadata
 from tests.helpers import REPARSE_INTERVAL, ROOT, free_port
+from tests.shared import shared_resource
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
 REGISTRY = "127.0.0.1:5000"
@@ -234,12 +235,19 @@ def build_demo_image() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def rollback_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RollbackEnv]:
+def rollback_env() -> RollbackEnv:
+    """The rollback stack, one per test run, shared by the modules of this folder (each has services
+    of its own): started by the first worker that needs it, stopped at the run's end (tests/shared.py)."""
+    info = shared_resource("rollback", _start_rollback_env, stop=stop_rollback_env)
+    return _attach(info)
+
+
+def _start_rollback_env(tmp: Path) -> dict[str, Any]:
+    """GitOps repo, catalog, DAG file, Airflow, the demo image and the webhook token, in ``tmp``."""
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=1)
     image_build = pool.submit(build_demo_image)  # builds while Airflow starts
-    tmp = tmp_path_factory.mktemp("rollback")
     bare = tmp / "gitops.git"
     _seed_gitops(bare, tmp / "seed")
     ports = {f"{name}/{env}": free_port() for name in SERVICES for env in ("staging", "production")}
@@ -260,19 +268,9 @@ def rollback_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RollbackE
         },
     )
     token = secrets.token_urlsafe(24)
-    env = RollbackEnv(
-        airflow=airflow,
-        gitops_bare=bare,
-        catalog_dir=catalog_dir,
-        image_repository="",
-        good_tag="",
-        ports=ports,
-        token=token,
-        tmp=tmp,
-    )
     try:
         airflow.start()
-        env.image_repository, env.good_tag = image_build.result(timeout=600)
+        image_repository, good_tag = image_build.result(timeout=600)
         airflow.api(
             "POST",
             "/connections",
@@ -281,10 +279,41 @@ def rollback_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RollbackE
         )
         for name in SERVICES:
             airflow.wait_dag("rollback_" + name.replace("-", "_"))
-        yield env
+    except BaseException:
+        airflow.destroy()
+        _remove_containers()
+        raise
     finally:
         pool.shutdown(wait=True)
-        airflow.destroy()
+    return {
+        "tmp": str(tmp),
+        "port": airflow.port,
+        "image_repository": image_repository,
+        "good_tag": good_tag,
+        "ports": ports,
+        "token": token,
+    }
+
+
+def _attach(info: dict[str, Any]) -> RollbackEnv:
+    tmp = Path(info["tmp"])
+    return RollbackEnv(
+        airflow=AirflowServer(home=tmp / "airflow", port=info["port"], catalog_dir=tmp / "catalog"),
+        gitops_bare=tmp / "gitops.git",
+        catalog_dir=tmp / "catalog",
+        image_repository=info["image_repository"],
+        good_tag=info["good_tag"],
+        ports=info["ports"],
+        token=info["token"],
+        tmp=tmp,
+    )
+
+
+def stop_rollback_env(info: dict[str, Any]) -> None:
+    """Stop the rollback stack (at the run's end, :func:`tests.shared.stop_all`)."""
+    try:
+        _attach(info).airflow.destroy()
+    finally:
         _remove_containers()
 
 

@@ -12,6 +12,7 @@ tests/conftest.py), whichever worker started it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import traceback
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import SHARED_DIR_ENV
+from tests.helpers import ROOT, SHARED_DIR_ENV
 
 Info = dict[str, Any]
 
@@ -51,12 +52,19 @@ def shared_resource(name: str, start: Callable[[Path], Info], *, stop: Callable[
             except (Exception, pytest.fail.Exception):  # pytest.fail: a missing platform, say
                 data: Info = {"error": traceback.format_exc()}
             else:
-                data = {"info": info, "stop": f"{stop.__module__}:{stop.__qualname__}"}
+                data = {"info": info, "stop": f"{_module_name(stop)}:{stop.__qualname__}"}
             record.write_text(json.dumps(data))
     data = json.loads(record.read_text())
     if "error" in data:
         pytest.fail(f"the shared {name} could not start:\n{data['error']}")
     return dict(data["info"])
+
+
+def _module_name(function: Callable[..., Any]) -> str:
+    """The dotted name that imports ``function``'s module from the project root: pytest may have
+    imported a conftest under another name (``conftest``), which the session's process cannot."""
+    path = Path(inspect.getfile(function)).resolve().with_suffix("")
+    return ".".join(path.relative_to(ROOT).parts)
 
 
 def stop_all(shared: Path) -> list[str]:

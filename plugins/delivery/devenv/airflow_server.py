@@ -366,9 +366,18 @@ class AirflowServer:
         cached = self._tokens.get(user)
         if cached and cached[1] > time.monotonic():
             return cached[0]
-        resp = requests.post(
-            f"{self.base_url}/auth/token", json={"username": user, "password": self.users[user]}, timeout=10
-        )
+        for attempt in range(1, 4):  # a login changes nothing: on a busy machine, ask again
+            try:
+                resp = requests.post(
+                    f"{self.base_url}/auth/token",
+                    json={"username": user, "password": self.users[user]},
+                    timeout=30,
+                )
+                break
+            except (requests.Timeout, requests.ConnectionError):
+                if attempt == 3:
+                    raise
+                time.sleep(2 * attempt)
         if resp.status_code not in (200, 201):
             raise AirflowError(f"login of {user!r} failed: {resp.status_code} {resp.text[:200]}")
         token = str(resp.json()["access_token"])

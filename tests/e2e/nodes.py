@@ -21,7 +21,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from delivery.devenv import processes
@@ -75,16 +75,21 @@ def _signal(pids: Sequence[int] | set[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def kill_node(leader: int) -> list[int]:
+def kill_node(leader: int, *, only_if: Callable[[], bool] | None = None) -> list[int]:
     """``kill -9`` of the whole node led by ``leader``; the pids killed.
 
     The tree is frozen first (``SIGSTOP``) until no new process appears, so that nothing forks
-    or escapes to another parent between listing the processes and killing them.
+    or escapes to another parent between listing the processes and killing them. ``only_if`` is
+    asked once the node is frozen: if it says no (the stage to interrupt ended before the
+    freeze), the node is thawed and nothing is killed (``[]``).
     """
     frozen: set[int] = set()
     while new := node_processes(leader) - frozen:
         _signal(new, signal.SIGSTOP)
         frozen |= new
+    if only_if is not None and not only_if():
+        _signal(frozen, signal.SIGCONT)
+        return []
     _signal(frozen, signal.SIGKILL)
     deadline = time.monotonic() + 15
     while any(processes.alive(pid) for pid in frozen) and time.monotonic() < deadline:

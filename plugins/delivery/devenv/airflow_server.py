@@ -64,6 +64,17 @@ def _private_json(path: Path, data: Mapping[str, str]) -> None:
     path.write_text(json.dumps(dict(data), indent=2))
 
 
+def _request(method: str, url: str, *, attempts: int, **kwargs: Any) -> requests.Response:
+    """One HTTP request, sent up to ``attempts`` times while it times out or cannot connect (a busy
+    machine): only for requests that change nothing when repeated."""
+    for attempt in range(1, attempts):
+        try:
+            return requests.request(method, url, **kwargs)
+        except (requests.Timeout, requests.ConnectionError):
+            time.sleep(2 * attempt)
+    return requests.request(method, url, **kwargs)
+
+
 class AirflowServer:
     """One Airflow home, its processes (standalone or distributed), and a small REST client."""
 
@@ -366,18 +377,13 @@ class AirflowServer:
         cached = self._tokens.get(user)
         if cached and cached[1] > time.monotonic():
             return cached[0]
-        for attempt in range(1, 4):  # a login changes nothing: on a busy machine, ask again
-            try:
-                resp = requests.post(
-                    f"{self.base_url}/auth/token",
-                    json={"username": user, "password": self.users[user]},
-                    timeout=30,
-                )
-                break
-            except (requests.Timeout, requests.ConnectionError):
-                if attempt == 3:
-                    raise
-                time.sleep(2 * attempt)
+        resp = _request(  # a login changes nothing: on a busy machine, ask again
+            "POST",
+            f"{self.base_url}/auth/token",
+            attempts=3,
+            json={"username": user, "password": self.users[user]},
+            timeout=30,
+        )
         if resp.status_code not in (200, 201):
             raise AirflowError(f"login of {user!r} failed: {resp.status_code} {resp.text[:200]}")
         token = str(resp.json()["access_token"])
@@ -388,21 +394,14 @@ class AirflowServer:
         self, method: str, path: str, *, user: str = "admin", expect: tuple[int, ...] = (200,), **kwargs: Any
     ) -> Any:
         """One REST call; a read (GET) that times out on a busy machine is tried again, twice."""
-        attempts = 3 if method.upper() == "GET" else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                resp = requests.request(
-                    method,
-                    f"{self.base_url}/api/v2{path}",
-                    headers={"Authorization": f"Bearer {self.token(user)}"},
-                    timeout=60,
-                    **kwargs,
-                )
-                break
-            except (requests.Timeout, requests.ConnectionError):
-                if attempt == attempts:
-                    raise
-                time.sleep(2 * attempt)
+        resp = _request(
+            method,
+            f"{self.base_url}/api/v2{path}",
+            attempts=3 if method.upper() == "GET" else 1,
+            headers={"Authorization": f"Bearer {self.token(user)}"},
+            timeout=60,
+            **kwargs,
+        )
         if resp.status_code not in expect:
             raise AirflowError(f"{method} {path} as {user}: {resp.status_code} {resp.text[:500]}")
         return resp.json() if resp.content else None

@@ -39,13 +39,25 @@ def _reaped(pid: int) -> bool:
     return done == pid
 
 
+def _state(pid: int) -> str | None:
+    """The process's state letter from /proc (``Z`` for a zombie), None when it does not exist."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has finished exiting: reaped, absent, or a zombie."""
+    return _reaped(pid) or _state(pid) in (None, "Z")
+
+
 def _cmdline(pid: int) -> str:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+    except OSError:
         return ""
-    return "" if state == "Z" else raw.replace(b"\0", b" ").decode(errors="replace")
+    return "" if _state(pid) in (None, "Z") else raw.replace(b"\0", b" ").decode(errors="replace")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -189,8 +201,9 @@ class Daemon:
             except ProcessLookupError:
                 return True
             deadline = time.monotonic() + timeout
+            # Not "its command line is empty": an exiting process loses it before it is gone.
             while time.monotonic() < deadline:
-                if _reaped(pid) or not _cmdline(pid):
+                if _gone(pid):
                     return True
                 time.sleep(0.1)
             log.warning("%s (pid %d) ignored %s", self.name, pid, sig.name)

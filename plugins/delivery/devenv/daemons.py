@@ -23,6 +23,8 @@ from pathlib import Path
 
 import requests
 
+from delivery.devenv import processes
+
 log = logging.getLogger(__name__)
 
 
@@ -39,25 +41,14 @@ def _reaped(pid: int) -> bool:
     return done == pid
 
 
-def _state(pid: int) -> str | None:
-    """The process's state letter from /proc (``Z`` for a zombie), None when it does not exist."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def _gone(pid: int) -> bool:
     """True once ``pid`` has finished exiting: reaped, absent, or a zombie."""
-    return _reaped(pid) or _state(pid) in (None, "Z")
+    return _reaped(pid) or not processes.alive(pid)
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return "" if _state(pid) in (None, "Z") else raw.replace(b"\0", b" ").decode(errors="replace")
+    """The live process's command line, "" once it is gone."""
+    return " ".join(processes.cmdline(pid)) if processes.alive(pid) else ""
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -32,6 +32,9 @@ from tests.notify.conftest import (
     dag_processor_context,
 )
 
+# Two of its tests run real DAGs (about 55 s here): started early, not last (tests/conftest.py).
+pytestmark = pytest.mark.duration(55)
+
 FOREIGN = "{{ 7 * 7 }} {{ conn.slack_api.password }} {% if true %}rendered{% endif %}"
 """Text a user controls (a ref, a reason, an error): it must arrive exactly as written."""
 

@@ -7,7 +7,7 @@ import pytest
 from delivery.profiles.local.containers import current_release
 from tests.rollback.conftest import RollbackEnv
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(115)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(130)]
 
 WEB = "rollback_rb_web"
 DB = "rollback_rb_db"

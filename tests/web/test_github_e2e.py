@@ -23,7 +23,7 @@ from delivery.devenv.airflow_server import AirflowServer
 from tests.helpers import REPARSE_INTERVAL, free_port
 from tests.web.support import SECRET, commit, encode, headers, make_catalog, make_repo, payload
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(95)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(110)]
 
 WEB = "deliver_visiobook_demo_web"
 INFERENCE = "deliver_visiobook_inference"

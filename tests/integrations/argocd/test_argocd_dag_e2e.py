@@ -56,6 +56,9 @@ DRIVER = textwrap.dedent(
     """
 )
 
+# Its tests run real DAGs (about 40 s here): started early, not last (tests/conftest.py).
+pytestmark = pytest.mark.duration(40)
+
 
 @pytest.mark.e2e
 def test_dag_defers_to_the_trigger_and_resumes(tmp_path: Path) -> None:

@@ -32,6 +32,11 @@ def _answer_as_soon_as_asked(stack: LocalStack, run_id: str, *, user: str) -> fl
     path = f"/dags/{stack.dag_id}/dagRuns/{run_id}/taskInstances/{APPROVAL}/-1/hitlDetails"
     headers = {"Authorization": f"Bearer {stack.airflow.token(user)}"}
     url = f"{stack.airflow.base_url}/api/v2{path}"
+    # The approval comes after staging's health check and tests: ask 50 times a second only from
+    # then on, not through the whole build (thousands of requests to a shared api-server).
+    stack.airflow.wait_task(
+        stack.dag_id, run_id, "deploy_staging.health_check", states=("running", "success"), timeout=600
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:

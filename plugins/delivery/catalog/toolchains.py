@@ -42,7 +42,8 @@ def _test_database(platform: Platform) -> ServiceContainer:
     )
 
 
-def _defaults(toolchain: Toolchain, platform: Platform) -> dict[Stage, StageSpec]:
+def _common(platform: Platform) -> dict[Stage, StageSpec]:
+    """The stages whose tool does not depend on the toolchain: analysis, image, staging."""
     tools = platform.kubernetes.tools
     semgrep = StageSpec(image=tools.semgrep, command="semgrep scan --config p/ci --error --metrics off .")
     helm = StageSpec(
@@ -73,7 +74,7 @@ def _defaults(toolchain: Toolchain, platform: Platform) -> dict[Stage, StageSpec
         command='for t in $IMAGE_TAGS; do crane tag "$IMAGE:candidate-$DELIVERY_SHA" "$t"; done',
     )
     staging_tests = StageSpec(command='echo "no staging tests configured" >&2; exit 1')
-    common = {
+    return {
         Stage.QUALITY_SCAN: quality,
         Stage.SAST: semgrep,
         Stage.HELM_VALIDATE: helm,
@@ -83,92 +84,107 @@ def _defaults(toolchain: Toolchain, platform: Platform) -> dict[Stage, StageSpec
         Stage.STAGING_TESTS: staging_tests,
         Stage.DAST: StageSpec(image=tools.zap, command='zap-baseline.py -t "$DAST_TARGET_URL" -I'),
     }
-    if toolchain is Toolchain.NPM:
-        img = tools.node
-        specific = {
-            Stage.LINT: StageSpec(
-                image=img, command="npm ci --no-audit --no-fund\nnpx eslint .\nnpx prettier --check ."
+
+
+def _npm(platform: Platform) -> dict[Stage, StageSpec]:
+    """The stages of an npm project."""
+    tools = platform.kubernetes.tools
+    img = tools.node
+    return {
+        Stage.LINT: StageSpec(
+            image=img, command="npm ci --no-audit --no-fund\nnpx eslint .\nnpx prettier --check ."
+        ),
+        Stage.DEPENDENCY_AUDIT: StageSpec(image=img, command="npm audit --audit-level=high --omit=dev"),
+        Stage.BUILD: StageSpec(image=img, command="npm ci --no-audit --no-fund\nnpm run build"),
+        Stage.UNIT_TESTS: StageSpec(image=img, command="npm test -- --coverage"),
+        Stage.INTEGRATION_TESTS: StageSpec(
+            image=img, command="npm run test:integration", services=[_test_database(platform)]
+        ),
+        Stage.COVERAGE: StageSpec(
+            image=img,
+            command='npx nyc report --reporter=text-summary\nnpx nyc check-coverage --lines "$MIN_COVERAGE"',
+        ),
+        Stage.STAGING_TESTS: StageSpec(image=img, command='npm run test:e2e -- --base-url "$STAGING_URL"'),
+    }
+
+
+def _maven(platform: Platform) -> dict[Stage, StageSpec]:
+    """The stages of a Maven project."""
+    tools = platform.kubernetes.tools
+    img = tools.maven
+    return {
+        Stage.LINT: StageSpec(image=img, command="mvn -B -ntp checkstyle:check"),
+        Stage.DEPENDENCY_AUDIT: StageSpec(
+            image=img, command="mvn -B -ntp org.owasp:dependency-check-maven:check -DfailBuildOnCVSS=7"
+        ),
+        Stage.BUILD: StageSpec(image=img, command="mvn -B -ntp package -DskipTests"),
+        Stage.UNIT_TESTS: StageSpec(image=img, command="mvn -B -ntp test"),
+        Stage.INTEGRATION_TESTS: StageSpec(
+            image=img,
+            command='mvn -B -ntp verify -DskipUnitTests -Dspring.datasource.url="jdbc:$DATABASE_URL"',
+            services=[_test_database(platform)],
+        ),
+        Stage.COVERAGE: StageSpec(
+            image=img,
+            command='mvn -B -ntp jacoco:report jacoco:check -Djacoco.haltOnFailure=true -Djacoco.minimum="$MIN_COVERAGE"',
+        ),
+        Stage.STAGING_TESTS: StageSpec(
+            image=img, command='mvn -B -ntp verify -Pstaging -Dbase.url="$STAGING_URL"'
+        ),
+    }
+
+
+def _python(platform: Platform) -> dict[Stage, StageSpec]:
+    """The stages of a Python project (pip), and the GPU stages of AI services."""
+    tools = platform.kubernetes.tools
+    img = tools.python
+    return {
+        Stage.LINT: StageSpec(image=img, command="pip install -q ruff\nruff check .\nruff format --check ."),
+        Stage.DEPENDENCY_AUDIT: StageSpec(
+            image=img, command="pip install -q pip-audit\npip-audit -r requirements.txt"
+        ),
+        Stage.BUILD: StageSpec(image=img, command="pip wheel --no-deps -w dist ."),
+        Stage.UNIT_TESTS: StageSpec(
+            image=img,
+            command="pip install -q -r requirements-dev.txt\ncoverage run -p -m pytest tests/unit",
+        ),
+        Stage.INTEGRATION_TESTS: StageSpec(
+            image=img,
+            command="pip install -q -r requirements-dev.txt\ncoverage run -p -m pytest tests/integration",
+            services=[_test_database(platform)],
+        ),
+        Stage.COVERAGE: StageSpec(
+            image=img,
+            command='pip install -q coverage\ncoverage combine\ncoverage report --fail-under="$MIN_COVERAGE"',
+        ),
+        Stage.STAGING_TESTS: StageSpec(
+            image=img,
+            command='pip install -q -r requirements-dev.txt\npytest tests/staging --base-url "$STAGING_URL"',
+        ),
+        Stage.GPU_INFERENCE: StageSpec(
+            image=tools.gpu_python,
+            command="pip install -q -r requirements-dev.txt\npytest -q tests/inference",
+            resources=Resources(cpu="4", memory="16Gi"),
+            timeout=timedelta(minutes=30),
+        ),
+        Stage.GPU_BENCHMARK: StageSpec(
+            image=tools.gpu_python,
+            command=(
+                'pip install -q -r requirements.txt\npython -m delivery.gpu.harness --model "$GPU_MODEL" '
+                '--device cuda --require-gpu --batch-sizes "$GPU_BATCH_SIZES" --xcom'
             ),
-            Stage.DEPENDENCY_AUDIT: StageSpec(image=img, command="npm audit --audit-level=high --omit=dev"),
-            Stage.BUILD: StageSpec(image=img, command="npm ci --no-audit --no-fund\nnpm run build"),
-            Stage.UNIT_TESTS: StageSpec(image=img, command="npm test -- --coverage"),
-            Stage.INTEGRATION_TESTS: StageSpec(
-                image=img, command="npm run test:integration", services=[_test_database(platform)]
-            ),
-            Stage.COVERAGE: StageSpec(
-                image=img,
-                command='npx nyc report --reporter=text-summary\nnpx nyc check-coverage --lines "$MIN_COVERAGE"',
-            ),
-            Stage.STAGING_TESTS: StageSpec(
-                image=img, command='npm run test:e2e -- --base-url "$STAGING_URL"'
-            ),
-        }
-    elif toolchain is Toolchain.MAVEN:
-        img = tools.maven
-        specific = {
-            Stage.LINT: StageSpec(image=img, command="mvn -B -ntp checkstyle:check"),
-            Stage.DEPENDENCY_AUDIT: StageSpec(
-                image=img, command="mvn -B -ntp org.owasp:dependency-check-maven:check -DfailBuildOnCVSS=7"
-            ),
-            Stage.BUILD: StageSpec(image=img, command="mvn -B -ntp package -DskipTests"),
-            Stage.UNIT_TESTS: StageSpec(image=img, command="mvn -B -ntp test"),
-            Stage.INTEGRATION_TESTS: StageSpec(
-                image=img,
-                command='mvn -B -ntp verify -DskipUnitTests -Dspring.datasource.url="jdbc:$DATABASE_URL"',
-                services=[_test_database(platform)],
-            ),
-            Stage.COVERAGE: StageSpec(
-                image=img,
-                command='mvn -B -ntp jacoco:report jacoco:check -Djacoco.haltOnFailure=true -Djacoco.minimum="$MIN_COVERAGE"',
-            ),
-            Stage.STAGING_TESTS: StageSpec(
-                image=img, command='mvn -B -ntp verify -Pstaging -Dbase.url="$STAGING_URL"'
-            ),
-        }
-    else:
-        img = tools.python
-        specific = {
-            Stage.LINT: StageSpec(
-                image=img, command="pip install -q ruff\nruff check .\nruff format --check ."
-            ),
-            Stage.DEPENDENCY_AUDIT: StageSpec(
-                image=img, command="pip install -q pip-audit\npip-audit -r requirements.txt"
-            ),
-            Stage.BUILD: StageSpec(image=img, command="pip wheel --no-deps -w dist ."),
-            Stage.UNIT_TESTS: StageSpec(
-                image=img,
-                command="pip install -q -r requirements-dev.txt\ncoverage run -p -m pytest tests/unit",
-            ),
-            Stage.INTEGRATION_TESTS: StageSpec(
-                image=img,
-                command="pip install -q -r requirements-dev.txt\ncoverage run -p -m pytest tests/integration",
-                services=[_test_database(platform)],
-            ),
-            Stage.COVERAGE: StageSpec(
-                image=img,
-                command='pip install -q coverage\ncoverage combine\ncoverage report --fail-under="$MIN_COVERAGE"',
-            ),
-            Stage.STAGING_TESTS: StageSpec(
-                image=img,
-                command='pip install -q -r requirements-dev.txt\npytest tests/staging --base-url "$STAGING_URL"',
-            ),
-            Stage.GPU_INFERENCE: StageSpec(
-                image=tools.gpu_python,
-                command="pip install -q -r requirements-dev.txt\npytest -q tests/inference",
-                resources=Resources(cpu="4", memory="16Gi"),
-                timeout=timedelta(minutes=30),
-            ),
-            Stage.GPU_BENCHMARK: StageSpec(
-                image=tools.gpu_python,
-                command=(
-                    'pip install -q -r requirements.txt\npython -m delivery.gpu.harness --model "$GPU_MODEL" '
-                    '--device cuda --require-gpu --batch-sizes "$GPU_BATCH_SIZES" --xcom'
-                ),
-                resources=Resources(cpu="4", memory="16Gi"),
-                timeout=timedelta(minutes=30),
-            ),
-        }
-    return {**common, **specific}
+            resources=Resources(cpu="4", memory="16Gi"),
+            timeout=timedelta(minutes=30),
+        ),
+    }
+
+
+_TOOLCHAIN_STAGES = {Toolchain.NPM: _npm, Toolchain.MAVEN: _maven}
+
+
+def _defaults(toolchain: Toolchain, platform: Platform) -> dict[Stage, StageSpec]:
+    """Each stage's default image and command for ``toolchain`` (Python for any other)."""
+    return {**_common(platform), **_TOOLCHAIN_STAGES.get(toolchain, _python)(platform)}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The test run's shared resources: started once, attached to by the others, stopped at the end."""
+"""The test run's shared resources: started once, attached to by the others, stopped after the last user."""
 
 from __future__ import annotations
 
@@ -60,3 +60,41 @@ def test_a_failed_start_fails_every_test_that_needs_it(
         with pytest.raises(pytest.fail.Exception, match="no Docker engine"):
             shared.shared_resource("broken", broken, stop=record_stop)
     assert shared.stop_all(tmp_path) == []
+
+
+def test_stopped_once_its_last_user_is_done_and_started_again_if_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SHARED_DIR_ENV, str(tmp_path))
+    STARTS.clear()
+    users = ["tests/a.py", "tests/b.py"]
+    stopped = tmp_path / "stopped.txt"
+    shared.shared_resource("thing", _start, stop=record_stop)
+
+    assert shared.release("thing", "tests/a.py", users) is False
+    assert shared.release("thing", "tests/a.py", users) is False  # the same user twice is still one
+    assert not stopped.exists()
+    assert shared.release("thing", "tests/b.py", users) is True
+    assert stopped.read_text() == "stopped"
+
+    stopped.unlink()
+    assert shared.stop_all(tmp_path) == [] and not stopped.exists(), "stopped once, not again at the end"
+    shared.shared_resource("thing", _start, stop=record_stop)  # a user the run did not foresee
+    assert len(STARTS) == 2 and STARTS[0] != STARTS[1]
+    assert shared.stop_all(tmp_path) == [] and stopped.read_text() == "stopped"
+
+
+def test_the_users_are_the_files_whose_tests_ask_for_the_fixture() -> None:
+    class Item:
+        def __init__(self, nodeid: str, fixturenames: list[str]) -> None:
+            self.nodeid, self.fixturenames = nodeid, fixturenames
+
+    class Session:
+        items = [
+            Item("tests/e2e/test_a.py::one", ["gate", "shared_stacks"]),
+            Item("tests/e2e/test_a.py::two", ["gate", "shared_stacks"]),
+            Item("tests/e2e/test_b.py::one", ["tmp_path"]),
+            Item("tests/e2e/test_c.py::one", ["stack", "shared_stacks"]),
+        ]
+
+    assert shared.modules_using(Session(), "shared_stacks") == ["tests/e2e/test_a.py", "tests/e2e/test_c.py"]

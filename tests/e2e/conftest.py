@@ -39,7 +39,7 @@ from delivery.devenv.monitoring import MonitoringStack, airflow_env
 from delivery.paths import PROJECT_ROOT
 from tests.e2e.nodes import node_hostnames
 from tests.helpers import REPARSE_INTERVAL, free_port, git, monitoring_stack
-from tests.shared import shared_resource
+from tests.shared import modules_using, release, shared_resource
 
 DEMO = "visiobook-demo-web"
 APPROVAL = "approval.approve_production"
@@ -307,18 +307,19 @@ class _ServiceSlack:
         return [m for m in self._slack.delivered() if self._service in str(m.get("text") or "")]
 
 
-@pytest.fixture(scope="session")
-def shared_stacks(local_platform: None) -> dict[str, LocalStack]:
+@pytest.fixture(scope="module")
+def shared_stacks(local_platform: None, request: pytest.FixtureRequest) -> Iterator[dict[str, LocalStack]]:
     """One Airflow stack for the whole test run, with a service per module in SHARED_SERVICES.
 
-    Started by the first worker that needs it, stopped at the run's end (:mod:`tests.shared`).
+    Started by the first module that needs it, stopped once the last one is done (:mod:`tests.shared`).
     """
     from tests.standins.slack_server import RemoteSlack
 
     info = shared_resource("stack", _start_shared, stop=stop_shared_stack)
     running = _attach(info)
     views = _views(running, RemoteSlack(info["slack_url"]), per_service_slack=True)
-    return dict(zip(SHARED_SERVICES, views, strict=True))
+    yield dict(zip(SHARED_SERVICES, views, strict=True))
+    release("stack", request.node.nodeid, modules_using(request.session, "shared_stacks"))
 
 
 def _start_shared(root: Path) -> dict[str, Any]:

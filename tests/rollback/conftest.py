@@ -34,7 +34,7 @@ import yaml
 from delivery.devenv.airflow_server import AirflowServer
 from delivery.gitops import GitOpsRepo, ReleaseMetadata
 from tests.helpers import REPARSE_INTERVAL, ROOT, free_port
-from tests.shared import shared_resource
+from tests.shared import modules_using, release, shared_resource
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
 REGISTRY = "127.0.0.1:5000"
@@ -234,12 +234,14 @@ def build_demo_image() -> tuple[str, str]:
     return f"{REGISTRY}/{repository}", tag
 
 
-@pytest.fixture(scope="session")
-def rollback_env() -> RollbackEnv:
+@pytest.fixture(scope="module")
+def rollback_env(request: pytest.FixtureRequest) -> Iterator[RollbackEnv]:
     """The rollback stack, one per test run, shared by the modules of this folder (each has services
-    of its own): started by the first worker that needs it, stopped at the run's end (tests/shared.py)."""
+    of its own): started by the first module that needs it, stopped once the last one is done
+    (tests/shared.py)."""
     info = shared_resource("rollback", _start_rollback_env, stop=stop_rollback_env)
-    return _attach(info)
+    yield _attach(info)
+    release("rollback", request.node.nodeid, modules_using(request.session, "rollback_env"))
 
 
 def _start_rollback_env(tmp: Path) -> dict[str, Any]:

@@ -81,6 +81,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=longest_first)  # stable: same-weight modules and each module's tests keep their order
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with a worker given its next file only as its current file's last test starts.
+
+    xdist's own scheduler hands a worker its next file as the second-to-last test of the current
+    one starts; behind a long test there (the monitoring module's four minutes of alerts), that
+    file waited minutes while other workers sat idle. A worker cannot do with less than one test
+    ahead: it runs a test only once it knows the next one (for the fixtures' teardown).
+    """
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneFileAhead(LoadFileScheduling):
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
+
+    return OneFileAhead(config, log)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated metadata database (SQLite) for tests that run tasks in-process, this process's own.

@@ -60,3 +60,56 @@ def test_the_long_modules_carry_their_duration(request: pytest.FixtureRequest) -
     }
     collected = {item.nodeid.split("::", 1)[0] for item in session.items}
     assert stacks & collected <= marked
+
+
+class _Config:
+    def __init__(self, dist: str) -> None:
+        self.dist = dist
+        self.option = type("Option", (), {"loadscopereorder": False})()  # --no-loadscope-reorder
+
+    def getoption(self, name: str) -> str:
+        assert name == "dist"
+        return self.dist
+
+    def getvalue(self, name: str) -> list[str]:
+        assert name == "tx"
+        return ["1*popen"]
+
+
+class _Node:
+    """A worker as the scheduler sees it: the test indexes it was sent."""
+
+    shutting_down = False
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.shut = False
+
+    def send_runtest_some(self, indexes: list[int]) -> None:
+        self.sent += indexes
+
+    def shutdown(self) -> None:
+        self.shut = self.shutting_down = True
+
+
+def test_a_worker_gets_its_next_file_only_as_its_current_files_last_test_starts() -> None:
+    from tests.conftest import pytest_xdist_make_scheduler
+
+    assert pytest_xdist_make_scheduler(_Config("load"), None) is None  # other modes: xdist's own
+    scheduler = pytest_xdist_make_scheduler(_Config("loadfile"), None)
+    collection = ["m.py::long", "m.py::a", "m.py::b", "m.py::c", "next.py::x", "last.py::y"]
+    node = _Node()
+    scheduler.add_node(node)
+    scheduler.add_node_collection(node, collection)
+    scheduler.schedule()
+    assert node.sent == [0, 1, 2, 3]  # one file (xdist's own sends a second when it has four tests)
+
+    for done in (0, 1):
+        scheduler.mark_test_complete(node, done)
+    assert node.sent == [0, 1, 2, 3], "two tests of m.py left: next.py must not wait behind them"
+    scheduler.mark_test_complete(node, 2)  # m.py::c, its last, can only start once a next test is known
+    assert node.sent == [0, 1, 2, 3, 4]
+    scheduler.mark_test_complete(node, 3)
+    assert node.sent == [0, 1, 2, 3, 4, 5]
+    scheduler.mark_test_complete(node, 4)
+    assert node.shut

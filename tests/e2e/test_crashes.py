@@ -22,7 +22,7 @@ from delivery.devenv import processes
 from tests.e2e.conftest import APPROVAL, LEAN_SKIPS, LocalStack, local_stack
 from tests.helpers import ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(330)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(260)]
 
 
 @pytest.fixture(scope="module")

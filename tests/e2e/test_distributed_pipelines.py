@@ -32,7 +32,7 @@ from delivery.devenv.settings import COMPONENTS
 from tests.e2e.conftest import APPROVAL, DEMO, LocalStack, local_stack
 from tests.e2e.nodes import kill_node, node_processes, stage_process
 
-pytestmark = [pytest.mark.e2e, pytest.mark.duration(360)]
+pytestmark = [pytest.mark.e2e, pytest.mark.duration(280)]
 
 DEFAULT_WORKERS = ("airflow-worker-1", "airflow-worker-2")
 SCHEDULERS = ("airflow-scheduler-1", "airflow-scheduler-2")

@@ -27,8 +27,8 @@ def faults(shared_stacks: dict[str, LocalStack]) -> LocalStack:
     return shared_stacks["faults"]
 
 
-def _answer_as_soon_as_asked(stack: LocalStack, run_id: str, *, user: str) -> float:
-    """Approve the instant the approval's record exists (an API client, a chat button); seconds waited."""
+def _answer_as_soon_as_asked(stack: LocalStack, run_id: str, *, user: str, option: str) -> float:
+    """Answer the instant the approval's record exists (an API client, a chat button); seconds waited."""
     path = f"/dags/{stack.dag_id}/dagRuns/{run_id}/taskInstances/{APPROVAL}/-1/hitlDetails"
     headers = {"Authorization": f"Bearer {stack.airflow.token(user)}"}
     url = f"{stack.airflow.base_url}/api/v2{path}"
@@ -46,7 +46,7 @@ def _answer_as_soon_as_asked(stack: LocalStack, run_id: str, *, user: str) -> fl
         if asked_yet:
             asked = time.monotonic()
             resp = requests.patch(
-                url, headers=headers, json={"chosen_options": ["Approve"], "params_input": {}}, timeout=60
+                url, headers=headers, json={"chosen_options": [option], "params_input": {}}, timeout=60
             )
             assert resp.status_code == 200, resp.text
             return time.monotonic() - asked
@@ -58,13 +58,20 @@ def _answer_as_soon_as_asked(stack: LocalStack, run_id: str, *, user: str) -> fl
 
 def test_an_answer_given_the_instant_the_approval_appears_is_honoured(faults: LocalStack) -> None:
     sha = faults.commit("release 4.0.0", {"VERSION": "4.0.0\n"})
-    for attempt in range(2):  # the race hit 8 of 10 such answers before the fix: try it twice
+    before = faults.gitops_log("production")
+    # The race hit 8 of 10 such answers before the fix: try it twice, a rejection then an approval.
+    for option, deploys in (("Reject", 0), ("Approve", 1)):
         run_id = faults.airflow.trigger(faults.dag_id, conf={"ref": "main", "sha": sha})
-        _answer_as_soon_as_asked(faults, run_id, user="alice")
+        _answer_as_soon_as_asked(faults, run_id, user="alice", option=option)
         state = faults.airflow.wait_run(faults.dag_id, run_id, timeout=500)
         states = faults.airflow.task_states(faults.dag_id, run_id)
-        assert state == "success", (attempt, states)
-        assert faults.airflow.hitl(faults.dag_id, run_id, APPROVAL)["responded_by_user"]["id"] == "alice"
+        if deploys:
+            assert state == "success", states
+        else:
+            assert states["deploy_production.gitops_commit"] == "skipped", states
+        detail = faults.airflow.hitl(faults.dag_id, run_id, APPROVAL)
+        assert detail["responded_by_user"]["id"] == "alice" and detail["chosen_options"] == [option], detail
+        assert len(faults.gitops_log("production")) - len(before) == deploys, option
     assert faults.serving("production")["commit"] == sha
     faults.good_sha = sha  # type: ignore[attr-defined]
 

@@ -115,15 +115,20 @@ class RollbackEnv:
             image_repository=self.image_repository,
             metadata=ReleaseMetadata(source_sha=tag, run_id=f"seed-{tag[:8]}", migration=migration),
         )
-        if verified is not None:
+        path = self.values_path(service, env)
+        if result.changed:
             release = repo.get_release(
-                environment=env,
-                service=service,
-                values_path=self.values_path(service, env),
-                revision=result.revision,
+                environment=env, service=service, values_path=path, revision=result.revision
             )
+        else:
+            # Already deployed: the result names the branch head, which in a GitOps repo shared by
+            # several services (and modules running at once) may be another service's commit.
+            current = repo.current(environment=env, service=service, values_path=path)
+            assert current is not None and current.image_tag == tag, (service, current)
+            release = current
+        if verified is not None:
             repo.mark_verified(release=release, ok=verified, summary="seeded by the test")
-        return result.revision
+        return release.revision
 
     def log(self, service: str, environment: str = "production") -> list[dict[str, str]]:
         """``git log`` of the bare repo for one values file, newest first: sha, subject, trailers."""

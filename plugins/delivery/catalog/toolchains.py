@@ -86,81 +86,41 @@ def _common(platform: Platform) -> dict[Stage, StageSpec]:
     }
 
 
-def _npm(platform: Platform) -> dict[Stage, StageSpec]:
-    """The stages of an npm project."""
+# Each toolchain's commands for the stages its tool runs, in its image (:func:`_toolchain`);
+# its integration tests get the test database (``DATABASE_URL``).
+_NPM = {
+    Stage.LINT: "npm ci --no-audit --no-fund\nnpx eslint .\nnpx prettier --check .",
+    Stage.DEPENDENCY_AUDIT: "npm audit --audit-level=high --omit=dev",
+    Stage.BUILD: "npm ci --no-audit --no-fund\nnpm run build",
+    Stage.UNIT_TESTS: "npm test -- --coverage",
+    Stage.INTEGRATION_TESTS: "npm run test:integration",
+    Stage.COVERAGE: 'npx nyc report --reporter=text-summary\nnpx nyc check-coverage --lines "$MIN_COVERAGE"',
+    Stage.STAGING_TESTS: 'npm run test:e2e -- --base-url "$STAGING_URL"',
+}
+_MAVEN = {
+    Stage.LINT: "mvn -B -ntp checkstyle:check",
+    Stage.DEPENDENCY_AUDIT: "mvn -B -ntp org.owasp:dependency-check-maven:check -DfailBuildOnCVSS=7",
+    Stage.BUILD: "mvn -B -ntp package -DskipTests",
+    Stage.UNIT_TESTS: "mvn -B -ntp test",
+    Stage.INTEGRATION_TESTS: 'mvn -B -ntp verify -DskipUnitTests -Dspring.datasource.url="jdbc:$DATABASE_URL"',
+    Stage.COVERAGE: 'mvn -B -ntp jacoco:report jacoco:check -Djacoco.haltOnFailure=true -Djacoco.minimum="$MIN_COVERAGE"',
+    Stage.STAGING_TESTS: 'mvn -B -ntp verify -Pstaging -Dbase.url="$STAGING_URL"',
+}
+_PYTHON = {
+    Stage.LINT: "pip install -q ruff\nruff check .\nruff format --check .",
+    Stage.DEPENDENCY_AUDIT: "pip install -q pip-audit\npip-audit -r requirements.txt",
+    Stage.BUILD: "pip wheel --no-deps -w dist .",
+    Stage.UNIT_TESTS: "pip install -q -r requirements-dev.txt\ncoverage run -p -m pytest tests/unit",
+    Stage.INTEGRATION_TESTS: "pip install -q -r requirements-dev.txt\ncoverage run -p -m pytest tests/integration",
+    Stage.COVERAGE: 'pip install -q coverage\ncoverage combine\ncoverage report --fail-under="$MIN_COVERAGE"',
+    Stage.STAGING_TESTS: 'pip install -q -r requirements-dev.txt\npytest tests/staging --base-url "$STAGING_URL"',
+}
+
+
+def _gpu(platform: Platform) -> dict[Stage, StageSpec]:
+    """The GPU stages of AI services (Python)."""
     tools = platform.kubernetes.tools
-    img = tools.node
     return {
-        Stage.LINT: StageSpec(
-            image=img, command="npm ci --no-audit --no-fund\nnpx eslint .\nnpx prettier --check ."
-        ),
-        Stage.DEPENDENCY_AUDIT: StageSpec(image=img, command="npm audit --audit-level=high --omit=dev"),
-        Stage.BUILD: StageSpec(image=img, command="npm ci --no-audit --no-fund\nnpm run build"),
-        Stage.UNIT_TESTS: StageSpec(image=img, command="npm test -- --coverage"),
-        Stage.INTEGRATION_TESTS: StageSpec(
-            image=img, command="npm run test:integration", services=[_test_database(platform)]
-        ),
-        Stage.COVERAGE: StageSpec(
-            image=img,
-            command='npx nyc report --reporter=text-summary\nnpx nyc check-coverage --lines "$MIN_COVERAGE"',
-        ),
-        Stage.STAGING_TESTS: StageSpec(image=img, command='npm run test:e2e -- --base-url "$STAGING_URL"'),
-    }
-
-
-def _maven(platform: Platform) -> dict[Stage, StageSpec]:
-    """The stages of a Maven project."""
-    tools = platform.kubernetes.tools
-    img = tools.maven
-    return {
-        Stage.LINT: StageSpec(image=img, command="mvn -B -ntp checkstyle:check"),
-        Stage.DEPENDENCY_AUDIT: StageSpec(
-            image=img, command="mvn -B -ntp org.owasp:dependency-check-maven:check -DfailBuildOnCVSS=7"
-        ),
-        Stage.BUILD: StageSpec(image=img, command="mvn -B -ntp package -DskipTests"),
-        Stage.UNIT_TESTS: StageSpec(image=img, command="mvn -B -ntp test"),
-        Stage.INTEGRATION_TESTS: StageSpec(
-            image=img,
-            command='mvn -B -ntp verify -DskipUnitTests -Dspring.datasource.url="jdbc:$DATABASE_URL"',
-            services=[_test_database(platform)],
-        ),
-        Stage.COVERAGE: StageSpec(
-            image=img,
-            command='mvn -B -ntp jacoco:report jacoco:check -Djacoco.haltOnFailure=true -Djacoco.minimum="$MIN_COVERAGE"',
-        ),
-        Stage.STAGING_TESTS: StageSpec(
-            image=img, command='mvn -B -ntp verify -Pstaging -Dbase.url="$STAGING_URL"'
-        ),
-    }
-
-
-def _python(platform: Platform) -> dict[Stage, StageSpec]:
-    """The stages of a Python project (pip), and the GPU stages of AI services."""
-    tools = platform.kubernetes.tools
-    img = tools.python
-    return {
-        Stage.LINT: StageSpec(image=img, command="pip install -q ruff\nruff check .\nruff format --check ."),
-        Stage.DEPENDENCY_AUDIT: StageSpec(
-            image=img, command="pip install -q pip-audit\npip-audit -r requirements.txt"
-        ),
-        Stage.BUILD: StageSpec(image=img, command="pip wheel --no-deps -w dist ."),
-        Stage.UNIT_TESTS: StageSpec(
-            image=img,
-            command="pip install -q -r requirements-dev.txt\ncoverage run -p -m pytest tests/unit",
-        ),
-        Stage.INTEGRATION_TESTS: StageSpec(
-            image=img,
-            command="pip install -q -r requirements-dev.txt\ncoverage run -p -m pytest tests/integration",
-            services=[_test_database(platform)],
-        ),
-        Stage.COVERAGE: StageSpec(
-            image=img,
-            command='pip install -q coverage\ncoverage combine\ncoverage report --fail-under="$MIN_COVERAGE"',
-        ),
-        Stage.STAGING_TESTS: StageSpec(
-            image=img,
-            command='pip install -q -r requirements-dev.txt\npytest tests/staging --base-url "$STAGING_URL"',
-        ),
         Stage.GPU_INFERENCE: StageSpec(
             image=tools.gpu_python,
             command="pip install -q -r requirements-dev.txt\npytest -q tests/inference",
@@ -179,12 +139,29 @@ def _python(platform: Platform) -> dict[Stage, StageSpec]:
     }
 
 
-_TOOLCHAIN_STAGES = {Toolchain.NPM: _npm, Toolchain.MAVEN: _maven}
+def _toolchain(toolchain: Toolchain, platform: Platform) -> dict[Stage, StageSpec]:
+    """The stages ``toolchain``'s tool runs (Python for any other), the GPU stages with Python's."""
+    tools = platform.kubernetes.tools
+    image, commands = {
+        Toolchain.NPM: (tools.node, _NPM),
+        Toolchain.MAVEN: (tools.maven, _MAVEN),
+    }.get(toolchain, (tools.python, _PYTHON))
+    stages = {
+        stage: StageSpec(
+            image=image,
+            command=command,
+            services=[_test_database(platform)] if stage is Stage.INTEGRATION_TESTS else None,
+        )
+        for stage, command in commands.items()
+    }
+    if commands is _PYTHON:
+        stages |= _gpu(platform)
+    return stages
 
 
 def _defaults(toolchain: Toolchain, platform: Platform) -> dict[Stage, StageSpec]:
     """Each stage's default image and command for ``toolchain`` (Python for any other)."""
-    return {**_common(platform), **_TOOLCHAIN_STAGES.get(toolchain, _python)(platform)}
+    return {**_common(platform), **_toolchain(toolchain, platform)}
 
 
 @dataclass(frozen=True)

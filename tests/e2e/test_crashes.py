@@ -137,10 +137,6 @@ def test_a_task_killed_under_airflow_is_failed_by_the_scheduler_and_notified(fau
     faults.commit("staging tests back to normal", {"staging-tests.sh": None})
 
 
-def _kill_postgres(pid: int) -> None:
-    _kill_9(_process_tree(pid))
-
-
 def test_a_machine_crash_with_a_stale_postgres_pid_file_restarts_cleanly(faults: LocalStack) -> None:
     """Airflow and PostgreSQL die at once, and after the reboot PostgreSQL's pid is another program's."""
     airflow = faults.airflow
@@ -149,7 +145,7 @@ def test_a_machine_crash_with_a_stale_postgres_pid_file_restarts_cleanly(faults:
     pid_file = airflow._cluster().data / "postmaster.pid"
 
     _kill_9([pids["airflow-standalone"]], group=True)
-    _kill_postgres(pids["postgres"])
+    _kill_9(_process_tree(pids["postgres"]))
     assert pid_file.exists()
     other = subprocess.Popen(["sleep", "300"])
     try:

@@ -50,6 +50,9 @@ GATE_SKIPS = (*LEAN_SKIPS, "unit_tests", "integration_tests", "staging_tests")
 """What tests about the approval and what follows it leave out: their runs reach the approval
 after the checkout, the trust gate, lint, build, the image and staging's deploy and health check
 (about 7 CPU-seconds a run instead of 13 here)."""
+VERIFY_INTERVAL = "5s"
+"""Between two measurements of a production verification that only good releases reach here (a broken
+one fails its health check first): Prometheus scrapes every 2 s, the checks' windows are 30 s."""
 
 
 @dataclass
@@ -241,10 +244,10 @@ def local_stack(
     modules about the gate, the deploy and faults. ``stages`` in ``overrides`` replaces the
     demo's stages one by one, the other keys as a whole.
 
-    The production verification measures ``verify_count`` times, 10 s apart (20 s for 3, where
-    the demo catalog's 5 take 40 s); ``None`` keeps the demo's 5, which a release that is bad from
-    its start needs: the first measurements' 30 s windows still hold the previous release's
-    requests, and only the later ones see the new release alone.
+    The production verification measures ``verify_count`` times, :data:`VERIFY_INTERVAL` apart
+    (10 s for 3, where the demo catalog's 5 take 40 s); ``None`` keeps the demo's 5, 10 s apart,
+    which a release that is bad from its start needs: the first measurements' 30 s windows still
+    hold the previous release's requests, and only the later ones see the new release alone.
     """
     from tests.standins.slack_server import SlackStandIn
 
@@ -393,7 +396,7 @@ def _catalog_service(
         data["environments"][env]["argocd_app"] = f"{service}-{env}"
     verify = data["environments"]["production"].get("verify")
     if verify and spec.verify_count:
-        verify["count"] = spec.verify_count
+        verify.update(count=spec.verify_count, interval=VERIFY_INTERVAL)
     overrides = dict(spec.overrides or {})
     data["stages"] = {**data.get("stages", {}), **overrides.pop("stages", {})}  # stage by stage
     data["stages"] |= {stage: {"enabled": False} for stage in spec.skips}

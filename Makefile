@@ -27,7 +27,7 @@ lint: install ## ruff (lint + format check) and mypy
 # The suite runs its test files on TEST_WORKERS parallel workers (pytest-xdist, one file per
 # worker at a time), the longest files first (their `duration` mark, tests/conftest.py): most of
 # an end-to-end test's time is spent waiting on Airflow, not on the CPU.
-TEST_WORKERS ?= 5
+TEST_WORKERS ?= 6
 XDIST := --dist loadfile --no-loadscope-reorder
 
 test: lint ## lint, then the whole test suite (starts Docker, a registry, Prometheus, Alertmanager, Airflow)

@@ -23,8 +23,9 @@ mkdir -p "$state"
 (
   exec 9>"$state/platform.lock"
   flock 9
-  bash "$ROOT/scripts/local/docker-engine.sh" start && bash "$ROOT/scripts/local/registry.sh" start \
-    && bash "$ROOT/scripts/local/base-images.sh" all
+  # 9>&-: the daemons these start (dockerd, the registry) must not inherit the lock, or hold it forever.
+  bash "$ROOT/scripts/local/docker-engine.sh" start 9>&- && bash "$ROOT/scripts/local/registry.sh" start 9>&- \
+    && bash "$ROOT/scripts/local/base-images.sh" all 9>&-
 ) >"$state/platform-prepare.log" 2>&1 &
 preparing=$!
 

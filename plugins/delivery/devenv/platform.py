@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCRIPTS_DIR = REPO_ROOT / "scripts" / "local"
+LOCK_WAIT_S = 1800.0
+"""How long a start waits for another one (three scripts of at most 15 min each, a debootstrap
+over a slow mirror included) before it says which lock file is held."""
 
 
 class PlatformError(RuntimeError):
@@ -74,9 +78,26 @@ def ensure_local_platform(
         extra["REGISTRY_PORT"] = str(registry_port)
     state = Path({**os.environ, **extra}.get("DELIVERY_STATE_DIR") or REPO_ROOT / ".local")
     state.mkdir(parents=True, exist_ok=True)
-    with (state / "platform.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    path = state / "platform.lock"
+    with path.open("w") as lock:  # released when the file closes; never inherited by the scripts
+        _wait_for(lock.fileno(), path)
         run_platform_script("docker-engine.sh", "start", env=extra)
         run_platform_script("registry.sh", "start", env=extra)
         if base_images:
             run_platform_script("base-images.sh", "all", env=extra)
+
+
+def _wait_for(fd: int, path: Path) -> None:
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise PlatformError(
+                    f"{path} stayed locked for {LOCK_WAIT_S:.0f}s: another start of the local platform "
+                    f"(scripts/test.sh, scripts/run-local.sh, a test) holds it, or a process it started "
+                    f"kept the lock open; `fuser -v {path}` names it"
+                ) from None
+            time.sleep(0.5)

@@ -6,13 +6,14 @@ share one implementation. Script output goes to this module's logger.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from delivery.gitops.errors import GitOpsLockTimeoutError
+from delivery.gitops.locks import file_lock
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -79,25 +80,14 @@ def ensure_local_platform(
     state = Path({**os.environ, **extra}.get("DELIVERY_STATE_DIR") or REPO_ROOT / ".local")
     state.mkdir(parents=True, exist_ok=True)
     path = state / "platform.lock"
-    with path.open("w") as lock:  # released when the file closes; never inherited by the scripts
-        _wait_for(lock.fileno(), path)
-        run_platform_script("docker-engine.sh", "start", env=extra)
-        run_platform_script("registry.sh", "start", env=extra)
-        if base_images:
-            run_platform_script("base-images.sh", "all", env=extra)
-
-
-def _wait_for(fd: int, path: Path) -> None:
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise PlatformError(
-                    f"{path} stayed locked for {LOCK_WAIT_S:.0f}s: another start of the local platform "
-                    f"(scripts/test.sh, scripts/run-local.sh, a test) holds it, or a process it started "
-                    f"kept the lock open; `fuser -v {path}` names it"
-                ) from None
-            time.sleep(0.5)
+    try:
+        with file_lock(path, timeout_s=LOCK_WAIT_S, what=str(path)):  # never inherited by the scripts
+            run_platform_script("docker-engine.sh", "start", env=extra)
+            run_platform_script("registry.sh", "start", env=extra)
+            if base_images:
+                run_platform_script("base-images.sh", "all", env=extra)
+    except GitOpsLockTimeoutError as exc:
+        raise PlatformError(
+            f"{exc}: another start of the local platform (scripts/test.sh, scripts/run-local.sh, a test) "
+            f"holds it, or a process it started kept the lock open; `fuser -v {path}` names it"
+        ) from None
